@@ -1,0 +1,103 @@
+"""Run several models on one dataset and report them side by side (Markdown, CSV, PNG)."""
+import csv
+import os
+import traceback
+
+from recbole_etegrec.errors import EtegrecError
+from recbole_etegrec.quick_start import REPORT_METRICS, run
+
+COLUMNS = (
+    [f"valid_{m}" for m in REPORT_METRICS] + [f"test_{m}" for m in REPORT_METRICS]
+    + ["train_time_s", "eval_time_s", "params", "peak_mem_mb"]
+)
+
+
+def result_row(result):
+    if result.get("error"):
+        return {"model": result["model"], "status": f"failed: {result['error']}"}
+    row = {"model": result["model"], "status": "ok"}
+    for split in ("valid", "test"):
+        for metric in REPORT_METRICS:
+            row[f"{split}_{metric}"] = result[f"{split}_result"].get(metric)
+    row.update(train_time_s=round(result["train_time"], 1), eval_time_s=round(result["eval_time"], 1),
+               params=result["params"], peak_mem_mb=round(result["peak_mem_mb"], 1))
+    return row
+
+
+def markdown_table(rows, dataset):
+    head = ["model"] + [c.replace("recall@", "R@").replace("ndcg@", "N@") for c in COLUMNS] + ["status"]
+    lines = [f"Dataset: {dataset}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row["model"]] + [_fmt(row.get(c)) for c in COLUMNS] + [row["status"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value):
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) and value < 1 else str(value)
+
+
+def run_models(models, dataset, config_files=None, config_dict=None, cmd_args=None,
+               benchmark_dir=None, extra_config_files=None):
+    """Run ``models`` one after another; a model that fails is reported and the rest still run.
+
+    A single model's bad input (unknown model, missing data, bad config) is raised as is.
+    """
+    results = []
+    for model in models:
+        files = list(config_files or []) + list(extra_config_files or [])
+        print(f"=== [{len(results) + 1}/{len(models)}] {model} on {dataset}", flush=True)
+        try:
+            result = run(model, dataset, files, config_dict, cmd_args)
+        except EtegrecError:
+            if len(models) == 1:
+                raise
+            result = {"model": model, "error": traceback.format_exc().strip().splitlines()[-1]}
+        except Exception as err:  # a crash in one model must not hide the others' results
+            if len(models) == 1:
+                raise
+            traceback.print_exc()
+            result = {"model": model, "error": f"{type(err).__name__}: {err}"}
+        results.append(result)
+    rows = [result_row(r) for r in results]
+    table = markdown_table(rows, dataset)
+    print(table, flush=True)
+    if benchmark_dir:
+        write_benchmark(rows, table, dataset, benchmark_dir)
+    return results
+
+
+def write_benchmark(rows, table, dataset, out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["model", "status", *COLUMNS])
+        writer.writeheader()
+        writer.writerows(rows)
+    plot_test_metrics(rows, dataset, os.path.join(out_dir, "results.png"))
+
+
+def plot_test_metrics(rows, dataset, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / max(len(ok), 1)
+    for i, row in enumerate(ok):
+        values = [row[f"test_{m}"] for m in REPORT_METRICS]
+        xs = [j + i * width for j in range(len(REPORT_METRICS))]
+        ax.bar(xs, values, width, label=row["model"])
+    ax.set_xticks([j + width * (len(ok) - 1) / 2 for j in range(len(REPORT_METRICS))])
+    ax.set_xticklabels([m.replace("recall", "Recall").replace("ndcg", "NDCG") for m in REPORT_METRICS])
+    ax.set_ylabel("test score")
+    ax.set_title(f"{dataset}: test metrics (full ranking, leave-one-out)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,55 @@
+"""RecBole 1.2.1 on today's stack: the small fixes this package applies when it is imported.
+
+What is fixed here, and why not by pinning:
+- torch >= 2.6 loads with ``weights_only=True`` by default; RecBole's own checkpoints pickle the
+  whole ``Config`` and fail to load in ``Trainer.evaluate(load_best_model=True)`` and
+  ``resume_checkpoint``. We give only RecBole's trainer module a ``torch`` whose ``load``
+  defaults to ``weights_only=False`` (it only reads checkpoints a trainer itself wrote);
+  ``torch.load`` everywhere else keeps the safe default.
+- ``recbole.model.sequential_recommender`` (sine.py) turns on autograd anomaly detection for the
+  whole process at import, which costs ~15% speed; we switch it off again.
+
+- pandas 2.x warns (FutureWarning) at every ``fillna(inplace=True)`` on a chained column in
+  ``Dataset._fill_nan``; under pandas < 3 that call still works, so the warning is silenced for
+  that RecBole module only.
+
+What is pinned instead (setup.cfg): numpy<2 (``np.float_`` in RecBole's configurator, ``np.bool8``
+in ray 2.6.3), pandas<3 (``fillna(inplace=True)`` on a chained column silently keeps NaNs in
+``Dataset._fill_nan``), setuptools<81 (``pkg_resources`` for ray 2.6.3). Patching those in place
+would mean editing RecBole's data code; a pin is smaller and cannot silently change results.
+"""
+import types
+import warnings
+
+import torch
+
+_APPLIED = False
+
+
+class _TrustedLoadTorch(types.ModuleType):
+    """``torch`` for RecBole's own modules: identical except ``load`` reads full pickles."""
+
+    def __init__(self):
+        super().__init__("torch")
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def load(*args, **kwargs):
+        kwargs.setdefault("weights_only", False)
+        return torch.load(*args, **kwargs)
+
+
+def apply():
+    global _APPLIED
+    if _APPLIED:
+        return
+    import recbole.model.sequential_recommender  # noqa: F401  (its import enables anomaly mode)
+    import recbole.trainer.trainer as trainer_module
+
+    torch.autograd.set_detect_anomaly(False)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.data\.dataset\.dataset")
+    trusted = _TrustedLoadTorch()
+    trainer_module.torch = trusted
+    _APPLIED = True

@@ -1,0 +1,149 @@
+"""``Config``: RecBole's Config with the plugin's property files layered in.
+
+Order, later wins: RecBole defaults -> properties/overall.yaml -> (code models: properties/tokenizer.yaml)
+-> properties/model/<Model>.yaml
+-> properties/dataset/<dataset>.yaml -> user ``config_file_list`` -> ``config_dict`` -> ``--key=value``.
+Values are type-checked against their defaults, and YAML errors name the file.
+"""
+import os
+
+import yaml
+from recbole.config import Config as RecBoleConfig
+
+from recbole_etegrec import compat
+from recbole_etegrec.errors import EtegrecError
+from recbole_etegrec.utils import get_model, properties_dir
+
+# Keys whose RecBole default has one type but that legitimately take several.
+_FLEXIBLE_KEYS = {
+    "topk", "metrics", "gpu_id", "eval_args", "train_neg_sample_args", "valid_neg_sample_args",
+    "test_neg_sample_args", "load_col", "unload_col", "unused_col", "val_interval", "threshold",
+    "seq_len", "normalize_field", "numerical_features", "user_inter_num_interval",
+    "item_inter_num_interval", "clip_grad_norm", "data_path", "checkpoint_dir", "eval_step",
+    "llama_config", "benchmark_models",
+}
+
+
+class Config(RecBoleConfig):
+    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None,
+                 cmd_args=None):
+        """``cmd_args``: ``--key=value`` strings. Unlike RecBole's Config, ``sys.argv`` is never
+        read implicitly (a test runner's or Ray worker's argv is not a config)."""
+        compat.apply()
+        self._key_source = {}
+        self._cmd_args = list(cmd_args or [])
+        super().__init__(model, dataset, config_file_list, config_dict)
+        self._check_types()
+
+    # -- loading ---------------------------------------------------------------------------
+    def _read_yaml(self, file):
+        if not os.path.isfile(file):
+            raise EtegrecError(f"config file '{file}' does not exist: check the --config_files path")
+        try:
+            with open(file, "r", encoding="utf-8") as f:
+                loaded = yaml.load(f.read(), Loader=self.yaml_loader)
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            line = f" (line {where.line + 1})" if where is not None else ""
+            raise EtegrecError(f"config file '{file}' is not valid YAML{line}: fix the syntax") from None
+        if loaded is None:
+            return {}
+        if not isinstance(loaded, dict):
+            raise EtegrecError(f"config file '{file}' must be a YAML mapping of `key: value` lines")
+        return loaded
+
+    def _load_config_files(self, file_list):
+        merged = {}
+        for file in file_list or []:
+            loaded = self._read_yaml(file)
+            merged.update(loaded)
+            self._key_source.update({k: f"config file '{file}'" for k in loaded})
+        return merged
+
+    def _load_variable_config_dict(self, config_dict):
+        self._key_source.update({k: "config_dict" for k in config_dict or {}})
+        return super()._load_variable_config_dict(config_dict)
+
+    def _load_cmd_line(self):
+        cmd = {}
+        for arg in self._cmd_args:
+            key, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+            if not key or not sep:
+                raise EtegrecError(f"unrecognized argument '{arg}': config overrides look like --key=value")
+            cmd[key] = value
+        self._key_source.update({k: "the command line" for k in cmd})
+        return self._convert_config_dict(cmd)
+
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None and "model" not in self.external_config_dict:
+            raise EtegrecError("no model given: pass --model NAME (e.g. --model ETEGRec)")
+        if dataset is None and "dataset" not in self.external_config_dict:
+            raise EtegrecError("no dataset given: pass --dataset NAME (e.g. --dataset ml-100k)")
+        model = model if model is not None else self.external_config_dict["model"]
+        model_class = get_model(model)
+        dataset = dataset if dataset is not None else self.external_config_dict["dataset"]
+        return model_class.__name__, model_class, dataset
+
+    def _update_internal_config_dict(self, file):
+        config_dict = self._read_yaml(file)
+        self.internal_config_dict.update(config_dict)
+        return config_dict
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        root = properties_dir()
+        tokenizer = [os.path.join(root, "tokenizer.yaml")] if getattr(model_class, "uses_item_codes", False) else []
+        for file in (
+            os.path.join(root, "overall.yaml"),
+            *tokenizer,
+            os.path.join(root, "model", f"{model}.yaml"),
+            os.path.join(root, "dataset", f"{dataset}.yaml"),
+        ):
+            if os.path.isfile(file):
+                self._update_internal_config_dict(file)
+
+    # -- devices ---------------------------------------------------------------------------
+    def _init_device(self):
+        """Under ``accelerate launch`` / ``torchrun`` (WORLD_SIZE > 1) let accelerate set up the
+        process group (gloo on CPU, nccl on GPU) and tell RecBole it runs distributed, so its
+        loaders shard users with a DistributedSampler and its evaluator gathers metrics."""
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return super()._init_device()
+        from accelerate import PartialState
+
+        state = PartialState()
+        self.final_config_dict.update(
+            single_spec=False, local_rank=state.local_process_index, world_size=state.num_processes,
+            nproc=state.num_processes, offset=0, device=state.device,
+        )
+        if state.process_index != 0:
+            self.final_config_dict.update(state="error", show_progress=False, verbose=False)
+
+    # -- validation ------------------------------------------------------------------------
+    def _check_types(self):
+        for key, value in self.external_config_dict.items():
+            if key in _FLEXIBLE_KEYS or key not in self.internal_config_dict:
+                continue
+            default = self.internal_config_dict[key]
+            if default is None or value is None and key not in _REQUIRED:
+                continue
+            if not _same_kind(default, value):
+                raise EtegrecError(
+                    f"config key '{key}' from {self._key_source.get(key, 'the user config')} expects "
+                    f"{type(default).__name__} (default {default!r}) but got {value!r}: fix its value"
+                )
+
+
+_REQUIRED = {"epochs", "train_batch_size", "eval_batch_size", "learning_rate", "seed"}
+
+
+def _same_kind(default, value):
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))

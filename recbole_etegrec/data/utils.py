@@ -1,0 +1,55 @@
+"""Plugin versions of RecBole's ``create_dataset`` / ``data_preparation``.
+
+``create_dataset`` checks the atomic files first and applies ``--debug``; ``data_preparation``
+hands code models (``uses_item_codes = True``) the code-sequence loaders and everything else
+RecBole's own loaders.
+"""
+from logging import getLogger
+
+from recbole.data import create_dataset as recbole_create_dataset
+from recbole.data import data_preparation as recbole_data_preparation
+from recbole.data.utils import create_samplers
+
+from recbole_etegrec.data.checks import check_inter_file
+from recbole_etegrec.data.dataloader import (
+    CodeSeqFullSortEvalDataLoader,
+    CodeSeqTrainDataLoader,
+    CodeTableSlot,
+)
+from recbole_etegrec.errors import EtegrecError
+from recbole_etegrec.utils import get_model
+
+
+def create_dataset(config):
+    check_inter_file(config)
+    dataset = recbole_create_dataset(config)
+    if config["debug"]:
+        dataset = keep_first_users(dataset, config["debug_samples"])
+    return dataset
+
+
+def keep_first_users(dataset, n_users):
+    """Keep the interactions of the first ``n_users`` users (by internal id) for a fast sanity run."""
+    uid = dataset.inter_feat[dataset.uid_field]  # a pandas Series until dataset.build()
+    keep = sorted(uid.unique())[:n_users]
+    dataset.inter_feat = dataset.inter_feat[uid.isin(keep)].reset_index(drop=True)
+    getLogger().info(f"debug: kept {len(keep)} users, {len(dataset.inter_feat)} interactions")
+    return dataset
+
+
+def data_preparation(config, dataset):
+    model_class = get_model(config["model"])
+    if not getattr(model_class, "uses_item_codes", False):
+        return recbole_data_preparation(config, dataset)
+    for phase in ("valid", "test"):
+        if config["eval_args"]["mode"][phase] != "full":
+            raise EtegrecError(
+                f"{config['model']} ranks by beam search over all items: set eval_args.mode to 'full'"
+            )
+    built = dataset.build()
+    samplers = create_samplers(config, dataset, built)
+    slot = CodeTableSlot()
+    train = CodeSeqTrainDataLoader(config, built[0], samplers[0], shuffle=config["shuffle"], slot=slot)
+    valid = CodeSeqFullSortEvalDataLoader(config, built[1], samplers[1], shuffle=False, slot=slot)
+    test = CodeSeqFullSortEvalDataLoader(config, built[2], samplers[2], shuffle=False, slot=slot)
+    return train, valid, test

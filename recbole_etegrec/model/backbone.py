@@ -1,0 +1,74 @@
+"""The LLaMA backbone: a local Hugging Face checkpoint (``llama_path``) or a from-scratch config
+(``llama_config``), with optional LoRA (peft) and non-reentrant gradient checkpointing.
+
+Only ``inputs_embeds`` are ever fed (items enter through the SoftEmbedding), so the token
+embedding table is frozen and, for from-scratch models, shrunk to a 2-row stub.
+"""
+import inspect
+import os
+from logging import getLogger
+
+import torch
+from transformers import LlamaConfig, LlamaModel
+
+from recbole_etegrec.errors import EtegrecError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# transformers >= 5 names the KV cache argument `cache`; 4.x calls it `past_key_values`
+CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+
+
+def build_lora_config(config):
+    """The one place LoRA is configured (peft is imported lazily: ~10 s on CPU)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config["lora_r"],
+        lora_alpha=config["lora_alpha"],
+        lora_dropout=config["lora_dropout"],
+        target_modules=list(config["lora_target_modules"]),
+        bias="none",
+    )
+
+
+def build_llama(config):
+    dtype = DTYPES.get(config["precision"])
+    if dtype is None:
+        raise EtegrecError(f"config key 'precision' must be one of {sorted(DTYPES)}, got {config['precision']!r}")
+    path = config["llama_path"]
+    if path:
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise EtegrecError(
+                f"llama_path '{path}' is not a local Hugging Face checkpoint (no config.json): "
+                "download it yourself (e.g. meta-llama/Llama-2-7b-hf) and point llama_path at the "
+                "folder, or set llama_path: ~ to build from llama_config; nothing is downloaded"
+            )
+        model = LlamaModel.from_pretrained(path, dtype=dtype, attn_implementation="sdpa",
+                                           local_files_only=True)
+    else:
+        spec = dict(config["llama_config"] or {})
+        if not spec:
+            raise EtegrecError("set either llama_path (a local checkpoint) or llama_config (a size)")
+        cfg = LlamaConfig(vocab_size=2, pad_token_id=None, bos_token_id=None, eos_token_id=None,
+                          max_position_embeddings=spec.pop("max_position_embeddings", 1024), **spec)
+        cfg._attn_implementation = "sdpa"
+        model = LlamaModel(cfg).to(dtype)
+    model.embed_tokens.weight.requires_grad_(False)
+    if config["lora"]:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, build_lora_config(config))
+    if config["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    getLogger().info(f"LLaMA backbone: {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M trainable, "
+                     f"{config['precision']}, lora={bool(config['lora'])}")
+    return model
+
+
+def run_backbone(backbone, embeds, attention_mask, position_ids, cache=None, use_cache=False):
+    """One forward of the backbone; returns (last hidden states, cache)."""
+    out = backbone(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=use_cache, **{CACHE_ARG: cache})
+    return out.last_hidden_state, getattr(out, CACHE_ARG, None)

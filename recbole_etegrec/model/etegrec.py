@@ -1,0 +1,225 @@
+"""ETEGRec with a decoder-only LLaMA backbone.
+
+Reference: Enze Liu et al. "Generative Recommender with End-to-End Learnable Item Tokenization."
+SIGIR 2025 (arXiv 2409.05546). The paper's T5 is replaced by LLaMA as specified in
+``ETEGRec-LLaMA-design.zh.md``: SoftEmbedding over the codebooks, weight-tied output, last-token
+sequence representation, the causal position fix, codebook copy + sync, KV-cached beam search.
+
+Every item is 4 codes: 3 from the RQ-VAE tokenizer (``self.tokenizer``) and a collision suffix.
+The recommender reads and writes codes through its *own copy* of the tokenizer's codebooks
+(``self.codebooks``): DDP cannot share one parameter between two modules trained in alternation,
+so the trainer copies them across at every phase change (``sync_codebooks``).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import InputType
+
+from recbole_etegrec.decoding import beam_search, scores_to_item_matrix
+from recbole_etegrec.model.backbone import build_llama, run_backbone
+from recbole_etegrec.model.losses import symmetric_info_nce, symmetric_kl
+from recbole_etegrec.tokenizer import build_code_table, load_or_pretrain
+from recbole_etegrec.tokenizer.rqvae import mlp
+from recbole_etegrec.utils import main_process_first
+
+
+class ETEGRec(SequentialRecommender):
+    input_type = InputType.POINTWISE
+    uses_item_codes = True  # data_preparation gives this model code-sequence loaders
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        # parameters
+        self.code_num, self.code_length, self.e_dim = config["code_num"], config["code_length"], config["e_dim"]
+        self.levels = self.code_length - 1
+        self.num_beams, self.chunk_size = config["num_beams"], config["generate_chunk_size"]
+        self.tau, self.lora, self.use_kv_cache = config["tau"], config["lora"], config["use_kv_cache"]
+        self.weights = {k: config[k] for k in (
+            "id_vq_loss", "id_kl_loss", "id_dec_cl_loss", "rec_code_loss", "rec_kl_loss", "rec_dec_cl_loss")}
+        self.phase, self.align = "rec", True
+
+        # tokenizer: the pretrained RQ-VAE (trained further in the trainer's tokenizer epochs)
+        with main_process_first():  # under DDP rank 0 pretrains/caches, the others then load
+            bundle = load_or_pretrain(config, dataset)
+        self.tokenizer = bundle.rqvae
+        self.register_buffer("item_emb", bundle.item_emb.float(), persistent=False)
+        self.code_table = bundle.code_table
+
+        # layers
+        self.backbone = build_llama(config)
+        hidden = self.backbone.config.hidden_size
+        self.backbone_dtype = next(self.backbone.parameters()).dtype
+        self.codebooks = nn.ModuleList(nn.Embedding(self.code_num, self.e_dim) for _ in range(self.levels))
+        self.suffix_embedding = nn.Embedding(self.code_num, self.e_dim)
+        self.scid_projector = mlp([self.e_dim, hidden, hidden], 0.0)
+        self.output_projector = mlp([hidden, hidden, self.e_dim], 0.0)
+        self.enc_adapter = mlp([hidden, hidden, self.e_dim], 0.0)  # -> RQ-VAE latent space (SIA)
+        self.dec_adapter = mlp([hidden, hidden, self.item_emb.shape[1]], 0.0)  # -> item space (PSA)
+
+        # init: start from the tokenizer's codebooks
+        nn.init.normal_(self.suffix_embedding.weight, std=0.02)
+        self.sync_codebooks("to_rec")
+
+    # -- codebooks and code table ------------------------------------------------------------
+    @torch.no_grad()
+    def sync_codebooks(self, direction):
+        """Copy codebooks tokenizer -> recommender (``to_rec``) or recommender -> tokenizer."""
+        for own, tok in zip(self.codebooks, self.tokenizer.quantizer.codebooks):
+            src, dst = (tok, own) if direction == "to_rec" else (own, tok)
+            dst.weight.copy_(src.weight)
+
+    @torch.no_grad()
+    def retokenize(self):
+        """Re-assign every item's codes with the current tokenizer; returns the new CodeTable."""
+        semantic = self.tokenizer.get_codes(self.item_emb[1:])
+        self.code_table = build_code_table(semantic, self.code_num)
+        return self.code_table
+
+    def other_parameter(self):
+        return {"code_table": self.code_table.state_dict()}
+
+    def load_other_parameter(self, para):
+        if para and "code_table" in para:
+            self.code_table = type(self.code_table).from_state_dict(para["code_table"])
+
+    def set_phase(self, phase, align):
+        """``rec``: train the recommender, tokenizer frozen; ``id``: train the tokenizer only."""
+        self.phase, self.align = phase, align
+        for name, param in self.named_parameters():
+            if name.startswith("tokenizer."):
+                param.requires_grad_(phase == "id")
+            elif name.startswith("backbone."):
+                param.requires_grad_(phase == "rec" and self._backbone_trainable(name))
+            else:
+                param.requires_grad_(phase == "rec")
+
+    def _backbone_trainable(self, name):
+        if "embed_tokens" in name:
+            return False
+        return "lora_" in name if self.lora else True
+
+    def recommender_parameters(self):
+        return [p for n, p in self.named_parameters() if not n.startswith("tokenizer.")
+                and (not n.startswith("backbone.") or self._backbone_trainable(n))]
+
+    # -- forward -----------------------------------------------------------------------------
+    def embed_codes(self, codes, levels):
+        """SoftEmbedding: code -> its level's codebook vector -> scid_projector. -1 = padding."""
+        tables = torch.cat([cb.weight for cb in self.codebooks] + [self.suffix_embedding.weight])
+        index = levels * self.code_num + codes.clamp(min=0)
+        vectors = F.embedding(index, tables) * (codes >= 0).unsqueeze(-1)
+        return self.scid_projector(vectors).to(self.backbone_dtype)
+
+    def code_logits(self, hidden, level):
+        """Weight tying: output_projector(h) . codebook_level^T (suffix level: suffix table)."""
+        query = self.output_projector(hidden.float())
+        table = self.codebooks[level].weight if level < self.levels else self.suffix_embedding.weight
+        return query @ table.T
+
+    def encode(self, codes, attention):
+        """Run the backbone over left-padded code sequences; returns hidden states [B, T, H]."""
+        levels = torch.arange(codes.shape[1], device=codes.device) % self.code_length
+        embeds = self.embed_codes(codes, levels.expand_as(codes))
+        position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+        hidden, _ = run_backbone(self.backbone, embeds, attention, position_ids)
+        return hidden
+
+    def forward(self, interaction):
+        """Hidden states of the history + target codes, and the last history token's state."""
+        codes, attention = interaction["code_input"], interaction["code_attention"]
+        if self.phase == "id":  # tokenizer epoch: the recommender is frozen, the history suffices
+            end = int(interaction["seq_end_position"][0]) + 1
+            codes, attention = codes[:, :end], attention[:, :end]
+        hidden = self.encode(codes, attention)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return hidden, hidden[rows, interaction["seq_end_position"]].float()
+
+    def calculate_loss(self, interaction):
+        hidden, h_last = self.forward(interaction)
+        target = self.tokenizer(self.item_emb[interaction[self.ITEM_ID]])  # RQVAEOutput
+        w = self.weights
+        if self.phase == "rec":
+            main, w_kl, w_cl = w["rec_code_loss"] * self.code_loss(hidden, interaction), w["rec_kl_loss"], w["rec_dec_cl_loss"]
+        else:
+            main, w_kl, w_cl = w["id_vq_loss"] * target.loss, w["id_kl_loss"], w["id_dec_cl_loss"]
+        if not self.align:
+            return (main,)
+        # SIA: code distributions of the sequence (through the tokenizer's quantizer) vs the target's
+        seq_logits = self.tokenizer.quantizer(self.enc_adapter(h_last)).logits
+        sia = symmetric_kl(seq_logits, target.quant.logits)
+        # PSA: preference vector vs the tokenizer's reconstruction of the target item
+        psa = symmetric_info_nce(self.dec_adapter(h_last), target.recon, self.tau)
+        return main, w_kl * sia, w_cl * psa
+
+    def code_loss(self, hidden, interaction):
+        """Cross-entropy of the 4 target codes. Causal fix: code i is predicted from the hidden
+        state one position before it, code 0 from the last history token (seq_end_position)."""
+        pos = torch.cat([interaction["seq_end_position"].unsqueeze(1),
+                         interaction["target_positions"][:, :-1]], dim=1)
+        rows = torch.arange(hidden.shape[0], device=hidden.device).unsqueeze(1)
+        states = hidden[rows, pos]  # [B, L, H]
+        targets = interaction["target_codes"]
+        return sum(F.cross_entropy(self.code_logits(states[:, i], i), targets[:, i])
+                   for i in range(self.code_length)) / self.code_length
+
+    # -- generation --------------------------------------------------------------------------
+    def generate(self, codes, attention, num_beams=None, use_cache=True):
+        """Trie-constrained beam search for a batch of histories (left-padded, history only)."""
+        num_beams = num_beams or self.num_beams
+        start, step = (self._cached_decoder if use_cache else self._uncached_decoder)(codes, attention)
+        return beam_search(start, step, self.code_table, num_beams, self.code_length)
+
+    def _cached_decoder(self, codes, attention):
+        def start():
+            h_last, cache, next_pos = self.encode_with_cache(codes, attention)
+            return F.log_softmax(self.code_logits(h_last, 0), -1), (cache, attention, next_pos)
+
+        def step(state, parents, new_codes, level):
+            cache, mask, next_pos = state
+            cache.reorder_cache(parents)
+            mask, next_pos = mask[parents], next_pos[parents]
+            levels = torch.full_like(new_codes, level - 1)
+            embeds = self.embed_codes(new_codes, levels).unsqueeze(1)
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            hidden, cache = run_backbone(self.backbone, embeds, mask, next_pos.unsqueeze(1),
+                                         cache=cache, use_cache=True)
+            logp = F.log_softmax(self.code_logits(hidden[:, -1], level), -1)
+            return logp, (cache, mask, next_pos + 1)
+
+        return start, step
+
+    def encode_with_cache(self, codes, attention):
+        levels = torch.arange(codes.shape[1], device=codes.device) % self.code_length
+        embeds = self.embed_codes(codes, levels.expand_as(codes))
+        position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+        hidden, cache = run_backbone(self.backbone, embeds, attention, position_ids, use_cache=True)
+        return hidden[:, -1], cache, position_ids[:, -1] + 1
+
+    def _uncached_decoder(self, codes, attention):
+        """Reference decoder: re-runs the whole sequence every step (for tests and timing)."""
+        def start():
+            hidden = self.encode(codes, attention)
+            return F.log_softmax(self.code_logits(hidden[:, -1], 0), -1), (codes, attention)
+
+        def step(state, parents, new_codes, level):
+            seq, mask = state
+            seq = torch.cat([seq[parents], new_codes.unsqueeze(1)], dim=1)
+            mask = torch.cat([mask[parents], mask.new_ones(len(parents), 1)], dim=1)
+            hidden = self.encode(seq, mask)
+            return F.log_softmax(self.code_logits(hidden[:, -1], level), -1), (seq, mask)
+
+        return start, step
+
+    def predict(self, interaction):
+        raise NotImplementedError("ETEGRec ranks by beam search: use full ranking (eval_args.mode: full)")
+
+    def full_sort_predict(self, interaction):
+        end = int(interaction["seq_end_position"][0]) + 1
+        codes, attention = interaction["code_input"][:, :end], interaction["code_attention"][:, :end]
+        scores = []
+        for chunk in range(0, codes.shape[0], self.chunk_size):
+            sl = slice(chunk, chunk + self.chunk_size)
+            beams = self.generate(codes[sl], attention[sl], use_cache=self.use_kv_cache)
+            scores.append(scores_to_item_matrix(beams, self.n_items))
+        return torch.cat(scores)

@@ -1,0 +1,92 @@
+"""One pipeline for every model: Config -> dataset -> split -> model -> trainer.fit -> evaluate."""
+import time
+from logging import getLogger
+
+import torch
+from recbole.utils import init_logger, init_seed, set_color
+
+from recbole_etegrec.config import Config
+from recbole_etegrec.data import create_dataset, data_preparation
+from recbole_etegrec.utils import get_model, get_trainer
+
+REPORT_METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
+
+
+def peak_memory_mb(device):
+    """Peak memory of this process: CUDA allocator peak on GPU, max RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None, saved=True,
+        callback_fn=None):
+    """Train and evaluate one model; returns a dict of metrics, timings and sizes.
+
+    Every call builds the split anew; RecBole's leave-one-out split by time order is
+    deterministic, so models run one after another see identical train/valid/test users.
+    ``callback_fn(epoch, valid_score, valid_result)`` runs after every validation.
+    """
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
+                    config_dict=config_dict, cmd_args=cmd_args)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+    data = create_dataset(config)
+    logger.info(data)
+    train_data, valid_data, test_data = data_preparation(config, data)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    if config["device"].type == "cuda":
+        torch.cuda.reset_peak_memory_stats(config["device"])
+    net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    logger.info(net)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+
+    fit_callback = None
+    if callback_fn is not None:
+        def fit_callback(epoch, score):
+            callback_fn(epoch, score, trainer.last_valid_result)
+        _remember_valid_results(trainer)
+
+    start = time.time()
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"],
+        callback_fn=fit_callback,
+    )
+    train_time = time.time() - start
+    start = time.time()
+    test_result = trainer.evaluate(test_data, load_best_model=saved,
+                                   show_progress=config["show_progress"])
+    eval_time = time.time() - start
+
+    logger.info(set_color("best valid ", "yellow") + f": {dict(best_valid_result or {})}")
+    logger.info(set_color("test result", "yellow") + f": {dict(test_result)}")
+    return {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "best_valid_score": best_valid_score,
+        "valid_result": dict(best_valid_result or {}),
+        "test_result": dict(test_result),
+        "train_time": train_time,
+        "eval_time": eval_time,
+        "params": sum(p.numel() for p in net.parameters()),
+        "peak_mem_mb": peak_memory_mb(config["device"]),
+        "saved_model_file": trainer.saved_model_file if saved else None,
+    }
+
+
+def _remember_valid_results(trainer):
+    """Keep the latest full valid result on the trainer: RecBole's callback only gets the score."""
+    valid_epoch = trainer._valid_epoch
+    trainer.last_valid_result = None
+
+    def wrapped(valid_data, show_progress=False):
+        score, result = valid_epoch(valid_data, show_progress=show_progress)
+        trainer.last_valid_result = dict(result)
+        return score, result
+
+    trainer._valid_epoch = wrapped

@@ -1,0 +1,186 @@
+"""RQ-VAE item tokenizer: MLP encoder -> residual quantizer (one codebook per level) -> MLP decoder.
+
+The forward pass has no side effects (no EMA updates, no re-seeding): ETEGRec trains this module
+jointly with its alignment losses, reads ``quant.logits`` / ``recon`` and copies the codebooks
+to and from the recommender, so everything that changes state lives in explicit methods
+(``kmeans_init``, ``reseed_dead_codes``) that only the standalone pretraining calls.
+"""
+from typing import List, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class QuantizerOutput(NamedTuple):
+    quantized: torch.Tensor  # [N, e_dim] value = sum of chosen codebook vectors, gradient = identity to z
+    codes: torch.Tensor  # LongTensor [N, levels], hard (argmin-distance) codes
+    loss: torch.Tensor  # scalar: sum over levels of codebook + beta * commitment loss
+    logits: List[torch.Tensor]  # per level [N, code_num] = -||r_l - e_k||^2 / temperature
+
+
+class RQVAEOutput(NamedTuple):
+    recon: torch.Tensor  # [N, in_dim] decoder output
+    z: torch.Tensor  # [N, e_dim] encoder output (continuous latent)
+    quant: QuantizerOutput
+    recon_loss: torch.Tensor  # MSE(recon, x)
+    loss: torch.Tensor  # recon_loss + quant.loss
+
+
+def squared_distances(r, weight):
+    """||r_i - e_k||^2 for all pairs, [N, K]; the expanded form keeps it one matmul."""
+    return r.pow(2).sum(1, keepdim=True) - 2 * r @ weight.t() + weight.pow(2).sum(1).unsqueeze(0)
+
+
+class ResidualQuantizer(nn.Module):
+    def __init__(self, levels, code_num, e_dim, beta=0.25, temperature=1.0):
+        super().__init__()
+        self.levels, self.code_num, self.e_dim = levels, code_num, e_dim
+        self.beta, self.temperature = beta, temperature
+        self.codebooks = nn.ModuleList([nn.Embedding(code_num, e_dim) for _ in range(levels)])
+        for book in self.codebooks:
+            # small init: before k-means every residual should be able to reach every code
+            nn.init.uniform_(book.weight, -1.0 / code_num, 1.0 / code_num)
+
+    def forward(self, z):
+        residual, total = z, torch.zeros_like(z)
+        codes, logits, loss = [], [], z.new_zeros(())
+        for book in self.codebooks:
+            dist = squared_distances(residual, book.weight)
+            # soft distribution for ETEGRec's SIA loss: differentiable in both residual (-> z) and codebook
+            logits.append(-dist / self.temperature)
+            idx = dist.detach().argmin(dim=1)
+            chosen = book(idx)
+            # codebook term moves the code, commitment term moves the encoder; mean over elements
+            # (as the official code's F.mse_loss) keeps the scale comparable to the recon MSE
+            loss = loss + F.mse_loss(chosen, residual.detach()) + self.beta * F.mse_loss(residual, chosen.detach())
+            codes.append(idx)
+            total = total + chosen
+            # next residual: detach the code so each codebook is trained only by its own level,
+            # while z still receives every level's commitment (RQ-VAE, Lee et al. 2022)
+            residual = residual - chosen.detach()
+        # straight-through: forward value is the code sum, the gradient reaches z unchanged
+        quantized = z + (total - z).detach()
+        return QuantizerOutput(quantized, torch.stack(codes, dim=1), loss, logits)
+
+    @torch.no_grad()
+    def residuals(self, z):
+        """Per level, the residual that level quantizes and the hard codes: ([levels x [N, e]], [N, levels])."""
+        out, codes, residual = [], [], z
+        for book in self.codebooks:
+            idx = squared_distances(residual, book.weight).argmin(dim=1)
+            out.append(residual)
+            codes.append(idx)
+            residual = residual - book.weight[idx]
+        return out, torch.stack(codes, dim=1)
+
+    @torch.no_grad()
+    def kmeans_init(self, z, seed=0, n_init=1, max_iter=100):
+        """Set each level's codebook to k-means centres of that level's residuals (level by level)."""
+        from sklearn.cluster import KMeans
+
+        rng = np.random.default_rng(seed)
+        residual = z.detach().float()
+        for book in self.codebooks:
+            data = residual.cpu().numpy().astype(np.float64)
+            k = min(self.code_num, len(np.unique(data, axis=0)))
+            km = KMeans(n_clusters=k, n_init=n_init, max_iter=max_iter, random_state=seed).fit(data)
+            centres = km.cluster_centers_
+            if k < self.code_num:
+                # fewer distinct points than codes: pad with sampled points plus noise so rows differ
+                extra = data[rng.integers(0, len(data), self.code_num - k)]
+                scale = 1e-3 * (data.std() + 1e-8)
+                centres = np.concatenate([centres, extra + rng.normal(0, scale, extra.shape)])
+            book.weight.copy_(torch.as_tensor(centres, dtype=book.weight.dtype, device=book.weight.device))
+            idx = squared_distances(residual, book.weight).argmin(dim=1)
+            residual = residual - book.weight[idx]
+
+    @torch.no_grad()
+    def reseed_dead_codes(self, z, generator=None, noise=1e-3):
+        """Move every code no item in ``z`` uses onto a residual of that level; returns counts per level.
+
+        Donor residuals come only from codes used by >= 2 items, so a re-seeded code never steals
+        the last member of a live code (which would just create a new dead code) and crowded codes,
+        the source of collisions, are the ones split.
+        """
+        reseeded, residual = [], z.detach()
+        for book in self.codebooks:
+            idx = squared_distances(residual, book.weight).argmin(dim=1)
+            counts = torch.bincount(idx, minlength=self.code_num)
+            dead = torch.nonzero(counts == 0).flatten()
+            donors = []
+            if len(dead):
+                left, code_of = counts.tolist(), idx.tolist()  # plain lists: this loop is per item
+                for item in torch.randperm(len(code_of), generator=generator).tolist():
+                    if left[code_of[item]] > 1:
+                        left[code_of[item]] -= 1
+                        donors.append(item)
+                        if len(donors) == len(dead):
+                            break
+                if donors:
+                    scale = noise * (residual.std() + 1e-8)
+                    jitter = torch.randn(len(donors), self.e_dim, generator=generator) * scale
+                    book.weight[dead[: len(donors)]] = residual[donors] + jitter.to(residual)
+                idx = squared_distances(residual, book.weight).argmin(dim=1)
+            reseeded.append(len(donors))
+            residual = residual - book.weight[idx]
+        return reseeded
+
+
+def mlp(sizes, dropout):
+    """Linear layers with ReLU (and dropout) between them, nothing after the last one."""
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        if i > 0:
+            layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+        layers.append(nn.Linear(a, b))
+    return nn.Sequential(*layers)
+
+
+class RQVAE(nn.Module):
+    def __init__(self, in_dim, hidden, e_dim, code_num, levels, dropout=0.0, beta=0.25, temperature=1.0):
+        super().__init__()
+        self.arch = dict(in_dim=in_dim, hidden=list(hidden), e_dim=e_dim, code_num=code_num, levels=levels,
+                         dropout=dropout, beta=beta, temperature=temperature)
+        sizes = [in_dim, *hidden, e_dim]
+        self.encoder = mlp(sizes, dropout)
+        self.decoder = mlp(sizes[::-1], dropout)
+        self.quantizer = ResidualQuantizer(levels, code_num, e_dim, beta, temperature)
+
+    @classmethod
+    def from_config(cls, config, in_dim):
+        return cls(
+            in_dim=in_dim,
+            hidden=list(config["rqvae_hidden"]),
+            e_dim=config["e_dim"],
+            code_num=config["code_num"],
+            levels=config["code_length"] - 1,  # the last code is the collision suffix
+            dropout=config["rqvae_dropout"],
+            beta=config["rqvae_beta"],
+            temperature=config["code_temperature"],
+        )
+
+    def encode(self, x):
+        return self.encoder(x)
+
+    def forward(self, x):
+        z = self.encoder(x)
+        quant = self.quantizer(z)
+        recon = self.decoder(quant.quantized)
+        recon_loss = F.mse_loss(recon, x)
+        return RQVAEOutput(recon, z, quant, recon_loss, recon_loss + quant.loss)
+
+    @torch.no_grad()
+    def get_codes(self, x, batch_size=4096):
+        """Hard codes [N, levels] in eval mode (dropout off); restores the previous mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            codes = [self.quantizer.residuals(self.encoder(x[i:i + batch_size]))[1]
+                     for i in range(0, len(x), batch_size)]
+        finally:
+            self.train(was_training)
+        return torch.cat(codes) if codes else torch.zeros(0, self.quantizer.levels, dtype=torch.long)

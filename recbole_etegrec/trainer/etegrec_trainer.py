@@ -1,0 +1,116 @@
+"""ETEGRecTrainer: RecBole's Trainer plus the tokenizer/recommender alternation.
+
+Epoch e < epochs - finetune_epochs is a tokenizer epoch when e % cycle == 0, else a recommender
+epoch; the last ``finetune_epochs`` train the recommender alone. At every phase change the
+codebooks are copied across (recommender copy <-> tokenizer), and after each tokenizer epoch
+every item is re-tokenized and the new code table pushed to the train/valid/test loaders.
+Everything else (logging, validation, early stopping, checkpoints) is RecBole's.
+"""
+import torch
+from recbole.trainer import Trainer
+from recbole.utils import set_color
+
+from recbole_etegrec.trainer.optim import build_adamw
+
+
+class ETEGRecTrainer(Trainer):
+    def __init__(self, config, model):
+        # RecBole wraps the whole model in one DDP at construction, with a GPU device id. The
+        # trainable parameter set changes with the phase, which one DDP cannot follow, so we
+        # keep RecBole's wrapper off and build one DDP per phase (``_ddp_for``).
+        self.distributed = not config["single_spec"]
+        config["single_spec"] = True
+        try:
+            super().__init__(config, model)
+        finally:
+            config["single_spec"] = not self.distributed
+        self.cycle, self.warm_epoch = config["cycle"], config["warm_epoch"]
+        self.finetune_epochs = config["finetune_epochs"]
+        self._ddp = {}
+        if self.distributed:  # every rank must read the checkpoint rank 0 writes
+            name = [self.saved_model_file]
+            torch.distributed.broadcast_object_list(name, src=0)
+            self.saved_model_file = name[0]
+
+    def _build_optimizer(self, **kwargs):
+        kind, wd = self.config["optimizer"], self.config["weight_decay"]
+        self.rec_optimizer = build_adamw(self.model.recommender_parameters(), self.config["lr_rec"], wd, kind)
+        self.id_optimizer = build_adamw(self.model.tokenizer.parameters(), self.config["lr_id"], wd, kind)
+        return self.rec_optimizer
+
+    def phase_of(self, epoch):
+        """``id`` (tokenizer epoch) or ``rec`` (recommender epoch)."""
+        if epoch >= self.epochs - self.finetune_epochs or self.cycle <= 1:
+            return "rec"
+        return "id" if epoch % self.cycle == 0 else "rec"
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        # Recommender epochs own the codebooks in the model's copy, tokenizer epochs in the RQ-VAE:
+        # copying in at the start of a tokenizer epoch and out at its end syncs every phase change.
+        phase = self.phase_of(epoch_idx)
+        if phase == "id":
+            self.model.sync_codebooks("to_tokenizer")
+        self.model.set_phase(phase, align=epoch_idx >= self.warm_epoch)
+        if self.distributed:
+            self.distributed_model = self._ddp_for(phase)
+        self.optimizer = self.id_optimizer if phase == "id" else self.rec_optimizer
+        train_data.set_code_table(self.model.code_table.codes)
+        name = "tokenizer" if phase == "id" else "recommender"
+        self.logger.info(set_color(f"epoch {epoch_idx}: {name} epoch", "cyan"))
+        loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        if phase == "id":
+            table = self.model.retokenize()
+            self.model.sync_codebooks("to_rec")
+            train_data.set_code_table(table.codes)  # the slot is shared: valid/test loaders follow
+            self.logger.info(f"re-tokenized items: collision rate {table.collision_rate():.4f}, "
+                             f"max suffix {table.max_suffix}")
+        return loss
+
+    def _ddp_for(self, phase):
+        """One DDP per phase, built once while that phase's parameters are the trainable ones
+        (construction also broadcasts rank 0's weights, so every rank starts equal)."""
+        if phase not in self._ddp:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp[phase] = DistributedDataParallel(self.model, device_ids=ids)
+        return self._ddp[phase]
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if self.distributed and load_best_model:
+            torch.distributed.barrier()  # rank 0 may still be writing the checkpoint
+        if load_best_model:
+            self._load_checkpoint(model_file or self.saved_model_file)
+        if eval_data:
+            eval_data.set_code_table(self.model.code_table.codes)
+        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+    def _load_checkpoint(self, path):
+        checkpoint = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.logger.info(f"Loading model structure and parameters from {path}")
+        return checkpoint
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        path = kwargs.pop("saved_model_file", self.saved_model_file)
+        state = {
+            "config": self.config, "epoch": epoch, "cur_step": self.cur_step,
+            "best_valid_score": self.best_valid_score,
+            "state_dict": self.model.state_dict(), "other_parameter": self.model.other_parameter(),
+            "optimizer": self.rec_optimizer.state_dict(), "id_optimizer": self.id_optimizer.state_dict(),
+        }
+        torch.save(state, path, pickle_protocol=4)
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {path}")
+
+    def resume_checkpoint(self, resume_file):
+        checkpoint = self._load_checkpoint(resume_file)
+        self.saved_model_file = str(resume_file)
+        self.start_epoch, self.cur_step = checkpoint["epoch"] + 1, checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        self.rec_optimizer.load_state_dict(checkpoint["optimizer"])
+        self.id_optimizer.load_state_dict(checkpoint["id_optimizer"])
+        self.logger.info(f"Resumed from {resume_file}; training continues at epoch {self.start_epoch}")

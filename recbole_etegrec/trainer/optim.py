@@ -1,0 +1,21 @@
+"""AdamW for the plugin trainers: bitsandbytes 8-bit AdamW when asked and available."""
+from logging import getLogger
+
+import torch
+
+
+def build_adamw(params, lr, weight_decay, kind="adamw"):
+    params = [p for p in params if p.requires_grad or p.grad is None]
+    if kind == "adamw8bit":
+        try:
+            import bitsandbytes as bnb  # imported lazily: ~7 s
+
+            return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
+        except Exception as err:  # no bitsandbytes build for this platform/device
+            getLogger().warning(f"optimizer adamw8bit unavailable ({type(err).__name__}: {err}); "
+                                "falling back to torch.optim.AdamW")
+    elif kind != "adamw":
+        from recbole_etegrec.errors import EtegrecError
+
+        raise EtegrecError(f"config key 'optimizer' must be adamw or adamw8bit, got {kind!r}")
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
