@@ -50,6 +50,8 @@ def apply():
 
     torch.autograd.set_detect_anomaly(False)
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.data\.dataset\.dataset")
+    # RecBole builds torch.cuda.amp.GradScaler(enabled=False) every epoch: deprecated, harmless
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.trainer\.trainer")
     trusted = _TrustedLoadTorch()
     trainer_module.torch = trusted
     _APPLIED = True

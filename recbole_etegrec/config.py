@@ -109,12 +109,16 @@ class Config(RecBoleConfig):
         loaders shard users with a DistributedSampler and its evaluator gathers metrics."""
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return super()._init_device()
+        import torch
         from accelerate import PartialState
 
-        state = PartialState()
+        # accelerate only sets up a CPU (gloo) group when asked: ACCELERATE_USE_CPU=1 or no GPU
+        cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
+        state = PartialState(cpu=cpu)
         self.final_config_dict.update(
             single_spec=False, local_rank=state.local_process_index, world_size=state.num_processes,
-            nproc=state.num_processes, offset=0, device=state.device,
+            nproc=state.num_processes, offset=0,
+            device=torch.device("cpu") if state.device.type == "cpu" else state.device,
         )
         if state.process_index != 0:
             self.final_config_dict.update(state="error", show_progress=False, verbose=False)

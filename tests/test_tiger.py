@@ -109,7 +109,8 @@ def test_lr_schedules():
 def test_end_to_end_recbole_run(tiny_config_dict):
     result = run("TIGER", "ml-100k", config_dict={**tiny_config_dict, **TINY_T5, "epochs": 1,
                                                     "debug_samples": 30, "lr_scheduler": "cosine",
-                                                    "warmup_steps": 1})
+                                                    "warmup_steps": 1, "MAX_ITEM_LIST_LENGTH": 5,
+                                                    "train_batch_size": 256})
     test = result["test_result"]
     assert set(test) >= {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
     assert all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in test.values())

@@ -254,13 +254,13 @@ def test_file_source_shape_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel, BertTokenizer
 
     folder = tmp_path_factory.mktemp("bert")
     words = ["title", "brand", "guitar", "drum", "red", "blue", "acme", ":", ";", "string", "stick"]
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(folder)
+    BertTokenizer(str(vocab)).save_pretrained(folder)  # positional: vocab_file (v4) / vocab (v5)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=5 + len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=32, max_position_embeddings=300)

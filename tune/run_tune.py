@@ -60,7 +60,7 @@ def load_space(path):
             continue
         low, high, numeric = spec["low"], spec["high"], (int,) if kind == "randint" else (int, float)
         if kind != "randint":  # plain YAML reads 1e-4 (no dot) as a string
-            low, high = (_to_float(v) for v in (low, high))
+            low, high = (_number(v) for v in (low, high))
         if not all(isinstance(v, numeric) and not isinstance(v, bool) for v in (low, high)) or low >= high:
             kind_word = "integers" if kind == "randint" else "numbers"
             raise EtegrecError(f"{where}: `low` and `high` must be {kind_word} with low < high "
@@ -72,7 +72,7 @@ def load_space(path):
     return space, notes
 
 
-def _to_float(value):
+def _number(value):
     try:
         return float(value) if isinstance(value, str) else value
     except ValueError:
@@ -155,7 +155,7 @@ def parse_args(argv):
     for arg in extra:
         if not arg.startswith("--") or "=" not in arg:
             raise EtegrecError(f"unrecognized argument '{arg}': config overrides look like --key=value")
-    args.cmd_args = extra
+    args.cmd_args, args.argv = extra, list(sys.argv[1:] if argv is None else argv)
     args.config_files = [os.path.abspath(p) for p in args.config_files.split(",") if p.strip()]
     return args
 
@@ -194,8 +194,8 @@ def collect(results, space_keys, metric_key, mode, cut):
         df = result.metrics_dataframe
         has_curve = df is not None and metric_key in getattr(df, "columns", [])
         curve = df[["epoch", metric_key]].dropna().values.tolist() if has_curve else []
-        trial_id = (result.metrics or {}).get("trial_id") or os.path.basename(result.log_dir or "?")
-        row = {"trial_id": trial_id, **{k: native(result.config).get(k) for k in space_keys}}
+        trial_id = (result.metrics or {}).get("trial_id") or os.path.basename(result.path or "?")
+        row = {"trial_id": trial_id, **{k: native(result.config or {}).get(k) for k in space_keys}}
         best = (max if mode == "max" else min)(curve, key=lambda p: p[1]) if curve else None
         row.update({metric_key: best[1] if best else None, "best_epoch": int(best[0]) if best else None,
                     "evaluations": len(curve), "epochs": int(curve[-1][0]) if curve else 0})
@@ -205,7 +205,7 @@ def collect(results, space_keys, metric_key, mode, cut):
         else:
             row["status"] = "stopped-early" if trial_id in cut else "ok"
         rows.append({**row, "_curve": curve})
-    return rows
+    return sorted(rows, key=lambda r: r["trial_id"])
 
 
 def fmt(value):
@@ -249,8 +249,8 @@ def write_best_config(path, best, notes, args, metric_key):
     `run_recbole_etegrec.py --config_files <the sweep's files>,best_config.yaml` reproduces it."""
     lines = [f"# (tune) Best trial {best['trial_id']} of a {args.model} sweep on {args.dataset}: "
              f"{metric_key} = {best[metric_key]:.4f} at epoch {best['best_epoch']}.",
-             "# Sampled keys only; layer over the sweep's own config: "
-             f"--config_files {','.join(args.config_files) or '(none)'} {' '.join(args.cmd_args)}".rstrip()]
+             "# Sampled keys only; layer over the sweep's own config: --config_files "
+             f"{','.join(map(os.path.relpath, args.config_files)) or '(none)'} {' '.join(args.cmd_args)}".rstrip()]
     for key, note in notes.items():
         value = best[key]
         dumped = yaml.safe_dump({key: value}, default_flow_style=True, width=1000).strip()[1:-1]
@@ -283,25 +283,11 @@ def final_run(args, base, best, space_keys, out):
     return "\n".join(text)
 
 
-def sweep(args):
-    """Run the sweep and write every output; returns the process exit code."""
-    import ray
+def _fit(args, space, base, metric_key, mode, max_t, stamp):
+    """Build the Tuner (per-trial resources, ASHA, seeded random search, no retries) and run it."""
     from ray import air, tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    space, notes = load_space(args.space)
-    if __name__ != "__main__" and __name__ in sys.modules:  # imported (tests): Ray workers cannot
-        from ray import cloudpickle                       # import this file, so ship it by value
-
-        cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    base, metric_key, mode, max_t = resolve(args, space)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = os.path.abspath(args.output_dir or os.path.join("tune_results", f"{args.model}-{args.dataset}-{stamp}"))
-    os.makedirs(out, exist_ok=True)
-    if args.address:
-        ray.init(address=args.address, log_to_driver=args.verbose)
-    else:
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=args.verbose)
     scheduler = make_scheduler(max_t, args.grace_period, args.reduction_factor)
     trainable = tune.with_parameters(
         trial_fn, model=args.model, dataset=args.dataset, config_files=args.config_files,
@@ -316,16 +302,41 @@ def sweep(args):
             search_alg=BasicVariantGenerator(random_state=args.seed)),
         run_config=air.RunConfig(
             name=f"{args.model}-{args.dataset}-{stamp}", storage_path=args.ray_dir, verbose=1,
-            failure_config=air.FailureConfig(max_failures=0)))
+            failure_config=air.FailureConfig(max_failures=0),
+            progress_reporter=tune.CLIReporter(  # one trial table a minute, not a header every 5 s
+                metric_columns=[metric_key, "epoch"], parameter_columns=list(space),
+                max_report_frequency=60, print_intermediate_tables=True)))
     start = time.time()
     results = tuner.fit()
-    elapsed = time.time() - start
-    ray.shutdown()
+    return results, time.time() - start, type(scheduler).cut
 
-    rows = collect(results, list(space), metric_key, mode, type(scheduler).cut)
+
+def sweep(args):
+    """Run the sweep and write every output; returns the process exit code."""
+    import ray
+
+    space, notes = load_space(args.space)
+    if __name__ != "__main__" and __name__ in sys.modules:  # imported (tests): Ray workers cannot
+        from ray import cloudpickle                       # import this file, so ship it by value
+
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    base, metric_key, mode, max_t = resolve(args, space)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = os.path.abspath(args.output_dir or os.path.join("tune_results", f"{args.model}-{args.dataset}-{stamp}"))
+    os.makedirs(out, exist_ok=True)
+    if args.address:
+        ray.init(address=args.address, log_to_driver=args.verbose)
+    else:
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=args.verbose)
+    try:
+        results, elapsed, cut = _fit(args, space, base, metric_key, mode, max_t, stamp)
+    finally:
+        ray.shutdown()
+
+    rows = collect(results, list(space), metric_key, mode, cut)
     columns = ["trial_id", *space, metric_key, "best_epoch", "evaluations", "epochs", "status"]
     header = (f"# {args.model} on {args.dataset}: {len(rows)} trials, {elapsed / 60:.1f} min\n\n"
-              f"Command: `python tune/run_tune.py {' '.join(sys.argv[1:])}`  \n"
+              f"Command: `python tune/run_tune.py {' '.join(args.argv)}`  \n"
               f"Metric: best {metric_key} over evaluations ({mode}); ASHA max_t={max_t}, "
               f"grace_period={args.grace_period}, reduction_factor={args.reduction_factor}")
     print("\n" + write_outputs(out, rows, columns, metric_key, header))
@@ -343,6 +354,7 @@ def sweep(args):
 
 
 def main(argv=None):
+    """CLI entry point; a user-facing mistake prints one `error: ...` line and returns 2."""
     try:
         return sweep(parse_args(argv))
     except EtegrecError as err:
