@@ -3,8 +3,11 @@ import csv
 import os
 import traceback
 
+import yaml
+
 from recbole_etegrec.errors import EtegrecError
 from recbole_etegrec.quick_start import REPORT_METRICS, run
+from recbole_etegrec.utils import properties_dir
 
 COLUMNS = (
     [f"valid_{m}" for m in REPORT_METRICS] + [f"test_{m}" for m in REPORT_METRICS]
@@ -39,18 +42,37 @@ def _fmt(value):
     return f"{value:.4f}" if isinstance(value, float) and value < 1 else str(value)
 
 
+def load_budget(dataset, path=None):
+    """The benchmark's compute budget: ``properties/benchmark/<dataset>.yaml`` holds ``common:``
+    keys for every model and one section per model (e.g. ``SASRec: {epochs: 30}``)."""
+    path = path or os.path.join(properties_dir(), "benchmark", f"{dataset}.yaml")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        try:
+            budget = yaml.safe_load(f) or {}
+        except yaml.YAMLError:
+            raise EtegrecError(f"benchmark budget '{path}' is not valid YAML: fix the syntax") from None
+    if not isinstance(budget, dict) or not all(isinstance(v, dict) for v in budget.values()):
+        raise EtegrecError(f"benchmark budget '{path}' must map `common` and model names to key: value sections")
+    return budget
+
+
 def run_models(models, dataset, config_files=None, config_dict=None, cmd_args=None,
-               benchmark_dir=None, extra_config_files=None):
+               benchmark_dir=None):
     """Run ``models`` one after another; a model that fails is reported and the rest still run.
 
-    A single model's bad input (unknown model, missing data, bad config) is raised as is.
+    With ``benchmark_dir`` the dataset's benchmark budget applies on top of the property files and
+    ``config_files``; command-line ``--key=value`` still wins. A single model's bad input (unknown
+    model, missing data, bad config) is raised as is.
     """
+    budget = load_budget(dataset) if benchmark_dir else {}
     results = []
     for model in models:
-        files = list(config_files or []) + list(extra_config_files or [])
+        model_dict = {**budget.get("common", {}), **budget.get(model, {}), **(config_dict or {})}
         print(f"=== [{len(results) + 1}/{len(models)}] {model} on {dataset}", flush=True)
         try:
-            result = run(model, dataset, files, config_dict, cmd_args)
+            result = run(model, dataset, config_files, model_dict or None, cmd_args)
         except EtegrecError:
             if len(models) == 1:
                 raise

@@ -22,12 +22,13 @@ def peak_memory_mb(device):
 
 
 def run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None, saved=True,
-        callback_fn=None):
+        callback_fn=None, evaluate_test=True):
     """Train and evaluate one model; returns a dict of metrics, timings and sizes.
 
     Every call builds the split anew; RecBole's leave-one-out split by time order is
     deterministic, so models run one after another see identical train/valid/test users.
     ``callback_fn(epoch, valid_score, valid_result)`` runs after every validation.
+    ``evaluate_test=False`` never touches the test split (hyper-parameter search trials).
     """
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
                     config_dict=config_dict, cmd_args=cmd_args)
@@ -59,8 +60,10 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None, 
     )
     train_time = time.time() - start
     start = time.time()
-    test_result = trainer.evaluate(test_data, load_best_model=saved,
-                                   show_progress=config["show_progress"])
+    test_result = {}
+    if evaluate_test:
+        test_result = trainer.evaluate(test_data, load_best_model=saved,
+                                       show_progress=config["show_progress"])
     eval_time = time.time() - start
 
     logger.info(set_color("best valid ", "yellow") + f": {dict(best_valid_result or {})}")

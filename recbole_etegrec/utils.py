@@ -24,9 +24,11 @@ def get_model(model_name):
         return getattr(module, model_name)
     try:
         return recbole_get_model(model_name)
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, ModuleNotFoundError) as err:
+        # RecBole's lookup walks its exlib package last, which imports xgboost/lightgbm
+        extra = f" ({err})" if isinstance(err, ModuleNotFoundError) else ""
         raise EtegrecError(
-            f"unknown model '{model_name}': use a plugin model ({', '.join(PLUGIN_MODELS)}) or a "
+            f"unknown model '{model_name}'{extra}: use a plugin model ({', '.join(PLUGIN_MODELS)}) or a "
             "RecBole model name with RecBole's spelling (e.g. SASRec, GRU4Rec, BERT4Rec, Pop)"
         ) from None
 
