@@ -82,7 +82,7 @@ def test_beam_search_matches_exhaustive_scoring(setup):
 
 
 def test_loss_decreases_on_one_batch(setup):
-    config, model, batch = setup
+    _, model, batch = setup
     model.train()
     torch.manual_seed(0)
     opt = torch.optim.AdamW(model.parameters(), lr=0.01)

@@ -30,11 +30,11 @@ def load_space(path):
     names the file and key, as a typo here would otherwise surface as a Ray error in every trial."""
     from ray import tune
 
-    if not os.path.isfile(path):
-        raise EtegrecError(f"search space '{path}' does not exist: check the --space path")
     try:
         with open(path, encoding="utf-8") as f:
             raw = yaml.safe_load(f)
+    except OSError:
+        raise EtegrecError(f"search space '{path}' cannot be read: check the --space path") from None
     except yaml.YAMLError:
         raise EtegrecError(f"search space '{path}' is not valid YAML: fix the syntax") from None
     if not isinstance(raw, dict) or not raw:
@@ -105,9 +105,9 @@ def trial_fn(params, model, dataset, config_files, base_dict, cmd_args, cwd, met
         metrics = {f"valid_{k}": float(v) for k, v in (valid_result or {}).items()}
         session.report({**metrics, metric_key: float(valid_score), "epoch": epoch_idx + 1})
 
-    # run() also scores the test split at the end; that result is dropped, never reported.
+    # trials never touch the test split: only the final rerun of the best config is tested
     run(model, dataset, config_file_list=config_files, config_dict=config_dict, cmd_args=cmd_args,
-        saved=False, callback_fn=report)
+        saved=False, callback_fn=report, evaluate_test=False)
 
 
 def make_scheduler(max_t, grace_period, reduction_factor):
@@ -174,12 +174,10 @@ def resolve(args, space):
     if clash:
         raise EtegrecError(f"{', '.join(clash)} is both searched in '{args.space}' and fixed on the "
                            "command line (which would win): drop one of them")
-    saved_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")  # Config sets it from gpu_id: keep Ray's view
+    env = dict(os.environ)  # Config sets CUDA_VISIBLE_DEVICES from gpu_id: keep all GPUs for Ray
     config = Config(args.model, args.dataset, args.config_files, base, args.cmd_args)
-    if saved_cuda is None:
-        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-    else:
-        os.environ["CUDA_VISIBLE_DEVICES"] = saved_cuda
+    os.environ.clear()
+    os.environ.update(env)
     if not config["eval_step"] or config["eval_step"] < 1:
         raise EtegrecError("tuning reports the validation metric: set eval_step to 1 or more")
     metric = config["valid_metric"].lower()
@@ -218,6 +216,7 @@ def write_outputs(out, rows, columns, metric_key, header):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     with open(os.path.join(out, "trials.csv"), "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
@@ -232,9 +231,8 @@ def write_outputs(out, rows, columns, metric_key, header):
         if r["_curve"]:
             xs, ys = zip(*r["_curve"])
             ax.plot(xs, ys, marker="o", label=f"{r['trial_id']} ({r['status'].split(':')[0]})")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(metric_key)
-    ax.set_title("validation metric per trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="epoch", ylabel=metric_key, title="validation metric per trial")
     ax.grid(alpha=0.3)
     if any(r["_curve"] for r in rows):
         ax.legend(fontsize=7)
@@ -244,13 +242,20 @@ def write_outputs(out, rows, columns, metric_key, header):
     return "\n".join(table)
 
 
+def fixed_settings(args):
+    """The sweep's non-sampled settings as CLI flags, to reproduce a trial outside the sweep."""
+    files = ",".join(os.path.relpath(p) for p in args.config_files)
+    debug = (["--debug"] if args.debug else []) + (
+        [f"--debug_samples {args.debug_samples}"] if args.debug_samples is not None else [])
+    return " ".join(([f"--config_files {files}"] if files else []) + debug + args.cmd_args)
+
+
 def write_best_config(path, best, notes, args, metric_key):
     """The best sampled params as a property file (`key: value  # (type) meaning`), so
     `run_recbole_etegrec.py --config_files <the sweep's files>,best_config.yaml` reproduces it."""
     lines = [f"# (tune) Best trial {best['trial_id']} of a {args.model} sweep on {args.dataset}: "
              f"{metric_key} = {best[metric_key]:.4f} at epoch {best['best_epoch']}.",
-             "# Sampled keys only; layer over the sweep's own config: --config_files "
-             f"{','.join(map(os.path.relpath, args.config_files)) or '(none)'} {' '.join(args.cmd_args)}".rstrip()]
+             f"# Sampled keys only; the sweep's fixed settings were: {fixed_settings(args) or '(defaults)'}"]
     for key, note in notes.items():
         value = best[key]
         dumped = yaml.safe_dump({key: value}, default_flow_style=True, width=1000).strip()[1:-1]
