@@ -1,4 +1,5 @@
 """One pipeline for every model: Config -> dataset -> split -> model -> trainer.fit -> evaluate."""
+import os
 import time
 from logging import getLogger
 
@@ -7,6 +8,7 @@ from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_etegrec.config import Config
 from recbole_etegrec.data import create_dataset, data_preparation
+from recbole_etegrec.errors import EtegrecError
 from recbole_etegrec.utils import get_model, get_trainer
 
 REPORT_METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
@@ -46,6 +48,11 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None, 
     net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     logger.info(net)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    if config["resume_file"]:
+        if not os.path.isfile(config["resume_file"]):
+            raise EtegrecError(f"resume_file '{config['resume_file']}' does not exist: give a checkpoint "
+                               "this model's trainer wrote (saved/<Model>-<time>.pth)")
+        trainer.resume_checkpoint(config["resume_file"])  # continues at the epoch after it
 
     fit_callback = None
     if callback_fn is not None:

@@ -38,7 +38,8 @@ def tiny_config(**over):
         dataset="toy", data_path=".", checkpoint_dir="saved", item_emb_source="file", item_emb_file=None,
         e_dim=8, code_num=16, code_length=4, rqvae_hidden=[32], rqvae_dropout=0.0, rqvae_beta=0.25,
         code_temperature=1.0, rqvae_epochs=20, rqvae_lr=3e-3, rqvae_batch_size=64, rqvae_weight_decay=0.0,
-        rqvae_kmeans_init=True, rqvae_reseed_dead=True, rqvae_emb_norm="standard", seed=7, show_progress=False,
+        rqvae_kmeans_init=True, rqvae_reseed_dead=True, rqvae_emb_norm="standard", rqvae_ae_warmup=2, seed=7,
+        show_progress=False,
     )
     config.update(over)
     return config

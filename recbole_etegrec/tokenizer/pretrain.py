@@ -33,7 +33,7 @@ NORM_KINDS = ("standard", "l2", "none")
 _RQVAE_KEYS = (
     "code_num", "code_length", "e_dim", "rqvae_hidden", "rqvae_dropout", "rqvae_beta", "code_temperature",
     "rqvae_epochs", "rqvae_lr", "rqvae_batch_size", "rqvae_weight_decay", "rqvae_kmeans_init",
-    "rqvae_reseed_dead", "rqvae_emb_norm", "seed",
+    "rqvae_reseed_dead", "rqvae_emb_norm", "rqvae_ae_warmup", "seed",
 )
 _FORMAT = 1
 
@@ -128,11 +128,21 @@ def pretrain_rqvae(config, embeddings, logger=None):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         model = RQVAE.from_config(config, x.shape[1]).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=config["rqvae_lr"],
+                                weight_decay=cfg(config, "rqvae_weight_decay", 0.0))
+        # plain autoencoder warm-up: the latent reaches its working scale before k-means places the
+        # codebooks on it (k-means on a random encoder's tiny outputs leaves most codes stranded)
+        for _ in range(cfg(config, "rqvae_ae_warmup", 0)):
+            perm = torch.randperm(len(x), generator=gen).to(device)
+            for i in range(0, len(x), batch_size):
+                xb = x[perm[i:i + batch_size]]
+                loss = torch.nn.functional.mse_loss(model.decoder(model.encoder(xb)), xb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
         if cfg(config, "rqvae_kmeans_init", True):
             model.quantizer.kmeans_init(_evaluate(model, x)[2], seed=seed)
         initial_loss = _evaluate(model, x)[0]
-        opt = torch.optim.AdamW(model.parameters(), lr=config["rqvae_lr"],
-                                weight_decay=cfg(config, "rqvae_weight_decay", 0.0))
         # no re-seeding in the last ~10% of epochs: the kept codebooks must have settled after it
         reseed_until = int(epochs * 0.9) if cfg(config, "rqvae_reseed_dead", True) else 0
         best, best_key = None, None

@@ -1,0 +1,38 @@
+"""The benchmark command end to end: three models on one tiny ml-100k split, plus a failing one."""
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_command_writes_table_csv_and_plot(tiny_config_dict, tmp_path):
+    tiny = {**tiny_config_dict, "epochs": 1, "hidden_size": 16, "inner_size": 32,
+            "num_encoder_layers": 1, "num_decoder_layers": 1, "d_model": 16, "num_heads": 2,
+            "d_kv": 8, "d_ff": 32, "cycle": 2, "warm_epoch": 0, "finetune_epochs": 0}
+    files = tmp_path / "tiny.yaml"
+    files.write_text(yaml.safe_dump(tiny))
+    out_dir = tmp_path / "bench"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run_recbole_etegrec.py"), "--model_list",
+         "SASRec,NoSuchModel,TIGER,ETEGRec", "--dataset", "ml-100k", "--config_files", str(files),
+         "--benchmark_dir", str(out_dir)],
+        capture_output=True, text=True, cwd=ROOT, timeout=900,
+        env={"RECBOLE_ETEGREC_NO_TCMALLOC": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"})
+    assert proc.returncode == 1, proc.stderr[-3000:]  # one model failed, the others ran
+    rows = {r["model"]: r for r in csv.DictReader(open(out_dir / "results.csv"))}
+    assert list(rows) == ["SASRec", "NoSuchModel", "TIGER", "ETEGRec"]
+    assert rows["NoSuchModel"]["status"].startswith("failed") and "unknown model" in rows["NoSuchModel"]["status"]
+    for model in ("SASRec", "TIGER", "ETEGRec"):
+        row = rows[model]
+        assert row["status"] == "ok", row
+        for key in ("valid_recall@10", "test_recall@10", "test_ndcg@10"):
+            assert 0.0 <= float(row[key]) <= 1.0
+        assert float(row["train_time_s"]) > 0 and int(row["params"]) > 0 and float(row["peak_mem_mb"]) > 0
+    table = (out_dir / "results.md").read_text()
+    assert "| ETEGRec |" in table and "| TIGER |" in table and "failed" in table
+    png = (out_dir / "results.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
