@@ -56,9 +56,8 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None, 
 
     fit_callback = None
     if callback_fn is not None:
-        def fit_callback(epoch, score):
-            callback_fn(epoch, score, trainer.last_valid_result)
         _remember_valid_results(trainer)
+        fit_callback = lambda epoch, score: callback_fn(epoch, score, trainer.last_valid_result)  # noqa: E731
 
     start = time.time()
     best_valid_score, best_valid_result = trainer.fit(

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_benchmark_command_writes_table_csv_and_plot(tiny_config_dict, tmp_path):
     tiny = {**tiny_config_dict, "epochs": 1, "hidden_size": 16, "inner_size": 32,
             "num_encoder_layers": 1, "num_decoder_layers": 1, "d_model": 16, "num_heads": 2,
-            "d_kv": 8, "d_ff": 32, "cycle": 2, "warm_epoch": 0, "finetune_epochs": 0}
+            "d_kv": 8, "d_ff": 32, "cycle": 2, "warm_epoch": 0, "finetune_epochs": 0,
+            "debug_samples": 25}
     files = tmp_path / "tiny.yaml"
     files.write_text(yaml.safe_dump(tiny))
     out_dir = tmp_path / "bench"

@@ -1,8 +1,8 @@
-"""The code-sequence transform's exact layout, and the shared code-table slot."""
+"""The code-sequence transform's exact layout (the table swap is tested in test_etegrec.py)."""
 import torch
 from recbole.data.interaction import Interaction
 
-from recbole_etegrec.data.dataloader import CodeTableSlot, add_code_fields
+from recbole_etegrec.data.dataloader import add_code_fields
 
 CODES = torch.tensor([[-1, -1, -1, -1],   # padding item 0
                       [1, 2, 3, 0],
@@ -38,11 +38,3 @@ def test_pads_to_longest_in_batch_not_max_length():
     b.interaction["item_id_list"] = torch.cat([b["item_id_list"], torch.zeros(2, 17, dtype=torch.long)], 1)
     out = add_code_fields(b, CODES, "item_id", "item_id_list", "item_length")
     assert out["code_input"].shape == (2, 12)
-
-
-def test_slot_is_shared():
-    slot = CodeTableSlot()
-    a, b = type("L", (), {})(), type("L", (), {})()
-    a.code_slot = b.code_slot = slot
-    slot.codes = CODES
-    assert b.code_slot.codes is CODES

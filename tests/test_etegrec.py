@@ -17,6 +17,20 @@ def setup(tiny_config_dict):
     return config, model, (train, valid, test), batch
 
 
+def test_code_table_swap_reaches_train_valid_and_test_loaders(setup):
+    _, model, loaders, _ = setup
+    train, valid, test = loaders
+    swapped = model.code_table.codes.clone()
+    swapped[1:, 0] = (swapped[1:, 0] + 1) % model.code_num
+    train.set_code_table(swapped)  # one call
+    try:
+        batches = [next(iter(train)), next(iter(valid))[0], next(iter(test))[0]]
+        for inter in batches:
+            assert torch.equal(inter["target_codes"], swapped[inter["item_id"]])
+    finally:
+        train.set_code_table(model.code_table.codes)
+
+
 def test_code_loss_reaches_the_model_codebook_copy(setup):
     _, model, _, batch = setup
     model.set_phase("rec", align=True)
@@ -66,7 +80,6 @@ def test_target_positions_follow_the_causal_fix(setup):
         # the hidden state at seq_end only sees history: changing the target codes leaves it unchanged
         changed = batch["code_input"].clone()
         changed[:, end[0] + 1:] = (changed[:, end[0] + 1:] + 1) % model.code_num
-        batch2 = batch.copy() if hasattr(batch, "copy") else batch
         codes, att = changed, batch["code_attention"]
         h2 = model.encode(codes, att)
         assert torch.allclose(h2[:, end[0]], hidden[:, end[0]], atol=1e-5)
@@ -116,8 +129,10 @@ def test_beam_search_matches_exhaustive_scoring(setup):
 
 def test_end_to_end_recbole_run(tiny_config_dict):
     """Alternating phases through RecBole's pipeline: fit, best-checkpoint reload, test metrics."""
-    result = run("ETEGRec", "ml-100k", config_dict={**tiny_config_dict, "epochs": 3, "cycle": 2,
-                                                      "warm_epoch": 1, "finetune_epochs": 1})
+    # epoch 0: tokenizer epoch (+ re-tokenization), epoch 1: recommender epoch with SIA/PSA
+    result = run("ETEGRec", "ml-100k", config_dict={**tiny_config_dict, "epochs": 2, "cycle": 2,
+                                                      "warm_epoch": 0, "finetune_epochs": 0,
+                                                      "debug_samples": 25})
     test = result["test_result"]
     assert set(test) >= {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
     assert all(0.0 <= v <= 1.0 for v in test.values())

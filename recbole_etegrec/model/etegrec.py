@@ -16,17 +16,17 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
-from recbole_etegrec.decoding import beam_search, scores_to_item_matrix
+from recbole_etegrec.decoding import beam_search
 from recbole_etegrec.model.backbone import build_llama, run_backbone
+from recbole_etegrec.model.code_model import CodeSequenceMixin
 from recbole_etegrec.model.losses import symmetric_info_nce, symmetric_kl
 from recbole_etegrec.tokenizer import build_code_table, load_or_pretrain
 from recbole_etegrec.tokenizer.rqvae import mlp
 from recbole_etegrec.utils import main_process_first
 
 
-class ETEGRec(SequentialRecommender):
+class ETEGRec(CodeSequenceMixin, SequentialRecommender):
     input_type = InputType.POINTWISE
-    uses_item_codes = True  # data_preparation gives this model code-sequence loaders
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -76,13 +76,6 @@ class ETEGRec(SequentialRecommender):
         self.code_table = build_code_table(semantic, self.code_num)
         return self.code_table
 
-    def other_parameter(self):
-        return {"code_table": self.code_table.state_dict()}
-
-    def load_other_parameter(self, para):
-        if para and "code_table" in para:
-            self.code_table = type(self.code_table).from_state_dict(para["code_table"])
-
     def set_phase(self, phase, align):
         """``rec``: train the recommender, tokenizer frozen; ``id``: train the tokenizer only."""
         self.phase, self.align = phase, align
@@ -129,8 +122,7 @@ class ETEGRec(SequentialRecommender):
         """Hidden states of the history + target codes, and the last history token's state."""
         codes, attention = interaction["code_input"], interaction["code_attention"]
         if self.phase == "id":  # tokenizer epoch: the recommender is frozen, the history suffices
-            end = int(interaction["seq_end_position"][0]) + 1
-            codes, attention = codes[:, :end], attention[:, :end]
+            codes, attention = self.history(interaction)
         hidden = self.encode(codes, attention)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         return hidden, hidden[rows, interaction["seq_end_position"]].float()
@@ -210,16 +202,3 @@ class ETEGRec(SequentialRecommender):
             return F.log_softmax(self.code_logits(hidden[:, -1], level), -1), (seq, mask)
 
         return start, step
-
-    def predict(self, interaction):
-        raise NotImplementedError("ETEGRec ranks by beam search: use full ranking (eval_args.mode: full)")
-
-    def full_sort_predict(self, interaction):
-        end = int(interaction["seq_end_position"][0]) + 1
-        codes, attention = interaction["code_input"][:, :end], interaction["code_attention"][:, :end]
-        scores = []
-        for chunk in range(0, codes.shape[0], self.chunk_size):
-            sl = slice(chunk, chunk + self.chunk_size)
-            beams = self.generate(codes[sl], attention[sl], use_cache=self.use_kv_cache)
-            scores.append(scores_to_item_matrix(beams, self.n_items))
-        return torch.cat(scores)

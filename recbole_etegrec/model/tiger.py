@@ -19,8 +19,9 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from transformers import T5Config, T5ForConditionalGeneration
 
-from recbole_etegrec.decoding import beam_search, scores_to_item_matrix
+from recbole_etegrec.decoding import beam_search
 from recbole_etegrec.errors import EtegrecError
+from recbole_etegrec.model.code_model import CodeSequenceMixin
 from recbole_etegrec.tokenizer import load_or_pretrain
 
 PAD, EOS, N_SPECIAL = 0, 1, 2
@@ -29,9 +30,8 @@ CACHE_ARG = ("cache" if "cache" in inspect.signature(T5ForConditionalGeneration.
              else "past_key_values")
 
 
-class TIGER(SequentialRecommender):
+class TIGER(CodeSequenceMixin, SequentialRecommender):
     input_type = InputType.POINTWISE
-    uses_item_codes = True  # data_preparation gives this model code-sequence loaders
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -67,14 +67,6 @@ class TIGER(SequentialRecommender):
 
         # init: T5's own initialisation (T5PreTrainedModel.post_init), nothing pretrained
 
-    # -- code table ----------------------------------------------------------------------------
-    def other_parameter(self):
-        return {"code_table": self.code_table.state_dict()}
-
-    def load_other_parameter(self, para):
-        if para and "code_table" in para:
-            self.code_table = type(self.code_table).from_state_dict(para["code_table"])
-
     # -- tokens ----------------------------------------------------------------------------------
     def encoder_inputs(self, codes, attention):
         """History codes [B, T] (left-padded with whole items, -1 = padding) -> T5 token ids + mask."""
@@ -99,12 +91,8 @@ class TIGER(SequentialRecommender):
         logits = self.t5(input_ids=input_ids, attention_mask=mask, decoder_input_ids=decoder_input_ids).logits
         return self.level_logits(logits, torch.arange(self.code_length, device=logits.device))
 
-    def _history(self, interaction):
-        end = int(interaction["seq_end_position"][0]) + 1  # the same for every row (left padding)
-        return interaction["code_input"][:, :end], interaction["code_attention"][:, :end]
-
     def calculate_loss(self, interaction):
-        codes, attention = self._history(interaction)
+        codes, attention = self.history(interaction)
         target = interaction["target_codes"]
         logits = self.forward(codes, attention, target)
         return self.loss_fct(logits.reshape(-1, self.code_num), target.reshape(-1))
@@ -164,15 +152,3 @@ class TIGER(SequentialRecommender):
             return self._log_probs(logits, level), (ids, enc_k, mask_k)
 
         return start, step
-
-    def predict(self, interaction):
-        raise NotImplementedError("TIGER ranks by beam search: use full ranking (eval_args.mode: full)")
-
-    def full_sort_predict(self, interaction):
-        codes, attention = self._history(interaction)
-        scores = []
-        for chunk in range(0, codes.shape[0], self.chunk_size):
-            sl = slice(chunk, chunk + self.chunk_size)
-            beams = self.generate(codes[sl], attention[sl], use_cache=self.use_kv_cache)
-            scores.append(scores_to_item_matrix(beams, self.n_items))
-        return torch.cat(scores)

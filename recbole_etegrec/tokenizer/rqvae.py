@@ -120,7 +120,7 @@ class ResidualQuantizer(nn.Module):
                             break
                 if donors:
                     scale = noise * (residual.std() + 1e-8)
-                    jitter = torch.randn(len(donors), self.e_dim, generator=generator) * scale
+                    jitter = torch.randn(len(donors), self.e_dim, generator=generator).to(residual) * scale
                     book.weight[dead[: len(donors)]] = residual[donors] + jitter.to(residual)
                 idx = squared_distances(residual, book.weight).argmin(dim=1)
             reseeded.append(len(donors))

@@ -10,10 +10,11 @@ import torch
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
+from recbole_etegrec.trainer.code_table import CodeTableTrainerMixin
 from recbole_etegrec.trainer.optim import build_adamw
 
 
-class ETEGRecTrainer(Trainer):
+class ETEGRecTrainer(CodeTableTrainerMixin, Trainer):
     def __init__(self, config, model):
         # RecBole wraps the whole model in one DDP at construction, with a GPU device id. The
         # trainable parameter set changes with the phase, which one DDP cannot follow, so we
@@ -54,7 +55,6 @@ class ETEGRecTrainer(Trainer):
         if self.distributed:
             self.distributed_model = self._ddp_for(phase)
         self.optimizer = self.id_optimizer if phase == "id" else self.rec_optimizer
-        train_data.set_code_table(self.model.code_table.codes)
         name = "tokenizer" if phase == "id" else "recommender"
         self.logger.info(set_color(f"epoch {epoch_idx}: {name} epoch", "cyan"))
         loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
@@ -75,22 +75,6 @@ class ETEGRecTrainer(Trainer):
             ids = [self.device.index] if self.device.type == "cuda" else None
             self._ddp[phase] = DistributedDataParallel(self.model, device_ids=ids)
         return self._ddp[phase]
-
-    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
-        if self.distributed and load_best_model:
-            torch.distributed.barrier()  # rank 0 may still be writing the checkpoint
-        if load_best_model:
-            self._load_checkpoint(model_file or self.saved_model_file)
-        if eval_data:
-            eval_data.set_code_table(self.model.code_table.codes)
-        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
-
-    def _load_checkpoint(self, path):
-        checkpoint = torch.load(path, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(checkpoint["state_dict"])
-        self.model.load_other_parameter(checkpoint.get("other_parameter"))
-        self.logger.info(f"Loading model structure and parameters from {path}")
-        return checkpoint
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         if not self.config["single_spec"] and self.config["local_rank"] != 0:

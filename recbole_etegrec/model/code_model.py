@@ -1,0 +1,40 @@
+"""What every generative model over item codes shares (ETEGRec, TIGER): the code table in the
+checkpoint, and RecBole's full-ranking interface on top of beam search."""
+import torch
+
+from recbole_etegrec.decoding import scores_to_item_matrix
+
+
+class CodeSequenceMixin:
+    """Put before ``SequentialRecommender``; the model defines ``generate``, ``code_table``,
+    ``chunk_size`` and ``use_kv_cache``."""
+
+    uses_item_codes = True  # data_preparation gives these models code-sequence loaders
+
+    def other_parameter(self):
+        return {"code_table": self.code_table.state_dict()}
+
+    def load_other_parameter(self, para):
+        if para and "code_table" in para:
+            self.code_table = type(self.code_table).from_state_dict(para["code_table"])
+
+    @staticmethod
+    def history(interaction):
+        """The history part of the code sequences (the same length for every row: left padding)."""
+        end = int(interaction["seq_end_position"][0]) + 1
+        return interaction["code_input"][:, :end], interaction["code_attention"][:, :end]
+
+    def predict(self, interaction):
+        raise NotImplementedError(f"{type(self).__name__} ranks by beam search: use full ranking "
+                                  "(eval_args.mode: full)")
+
+    @torch.no_grad()
+    def full_sort_predict(self, interaction):
+        """RecBole's [B, n_items] scores: beam scores at generated items, -inf elsewhere."""
+        codes, attention = self.history(interaction)
+        scores = []
+        for chunk in range(0, codes.shape[0], self.chunk_size):
+            sl = slice(chunk, chunk + self.chunk_size)
+            beams = self.generate(codes[sl], attention[sl], use_cache=self.use_kv_cache)
+            scores.append(scores_to_item_matrix(beams, self.n_items))
+        return torch.cat(scores)
