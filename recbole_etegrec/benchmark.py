@@ -83,11 +83,12 @@ def run_models(models, dataset, config_files=None, config_dict=None, cmd_args=No
             traceback.print_exc()
             result = {"model": model, "error": f"{type(err).__name__}: {err}"}
         results.append(result)
-    rows = [result_row(r) for r in results]
-    table = markdown_table(rows, dataset)
+        # rewrite the table after every model: a long benchmark shows (and keeps) what is done
+        rows = [result_row(r) for r in results]
+        table = markdown_table(rows, dataset)
+        if benchmark_dir:
+            write_benchmark(rows, table, dataset, benchmark_dir)
     print(table, flush=True)
-    if benchmark_dir:
-        write_benchmark(rows, table, dataset, benchmark_dir)
     return results
 
 
