@@ -73,14 +73,11 @@ def run_models(models, dataset, config_files=None, config_dict=None, cmd_args=No
         print(f"=== [{len(results) + 1}/{len(models)}] {model} on {dataset}", flush=True)
         try:
             result = run(model, dataset, config_files, model_dict or None, cmd_args)
-        except EtegrecError:
-            if len(models) == 1:
-                raise
-            result = {"model": model, "error": traceback.format_exc().strip().splitlines()[-1]}
         except Exception as err:  # a crash in one model must not hide the others' results
             if len(models) == 1:
                 raise
-            traceback.print_exc()
+            if not isinstance(err, EtegrecError):  # user errors are one clear line already
+                traceback.print_exc()
             result = {"model": model, "error": f"{type(err).__name__}: {err}"}
         results.append(result)
         # rewrite the table after every model: a long benchmark shows (and keeps) what is done

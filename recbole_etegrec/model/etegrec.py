@@ -112,11 +112,16 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
 
     def encode(self, codes, attention):
         """Run the backbone over left-padded code sequences; returns hidden states [B, T, H]."""
+        return self._run(codes, attention)[0]
+
+    def _run(self, codes, attention, use_cache=False):
+        """(hidden [B, T, H], KV cache or None, position ids [B, T]); positions count real tokens
+        only, so every left-padded sequence starts at position 0."""
         levels = torch.arange(codes.shape[1], device=codes.device) % self.code_length
         embeds = self.embed_codes(codes, levels.expand_as(codes))
         position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-        hidden, _ = run_backbone(self.backbone, embeds, attention, position_ids)
-        return hidden
+        hidden, cache = run_backbone(self.backbone, embeds, attention, position_ids, use_cache=use_cache)
+        return hidden, cache, position_ids
 
     def forward(self, interaction):
         """Hidden states of the history + target codes, and the last history token's state."""
@@ -129,14 +134,16 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
 
     def calculate_loss(self, interaction):
         hidden, h_last = self.forward(interaction)
-        target = self.tokenizer(self.item_emb[interaction[self.ITEM_ID]])  # RQVAEOutput
-        w = self.weights
+        w, target = self.weights, None
         if self.phase == "rec":
             main, w_kl, w_cl = w["rec_code_loss"] * self.code_loss(hidden, interaction), w["rec_kl_loss"], w["rec_dec_cl_loss"]
         else:
+            target = self.tokenizer(self.item_emb[interaction[self.ITEM_ID]])  # RQVAEOutput
             main, w_kl, w_cl = w["id_vq_loss"] * target.loss, w["id_kl_loss"], w["id_dec_cl_loss"]
         if not self.align:
             return (main,)
+        if target is None:  # recommender epochs need the target's tokenization only for SIA/PSA
+            target = self.tokenizer(self.item_emb[interaction[self.ITEM_ID]])
         # SIA: code distributions of the sequence (through the tokenizer's quantizer) vs the target's
         seq_logits = self.tokenizer.quantizer(self.enc_adapter(h_last)).logits
         sia = symmetric_kl(seq_logits, target.quant.logits)
@@ -164,8 +171,9 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
 
     def _cached_decoder(self, codes, attention):
         def start():
-            h_last, cache, next_pos = self.encode_with_cache(codes, attention)
-            return F.log_softmax(self.code_logits(h_last, 0), -1), (cache, attention, next_pos)
+            hidden, cache, position_ids = self._run(codes, attention, use_cache=True)
+            logp = F.log_softmax(self.code_logits(hidden[:, -1], 0), -1)
+            return logp, (cache, attention, position_ids[:, -1] + 1)
 
         def step(state, parents, new_codes, level):
             cache, mask, next_pos = state
@@ -180,13 +188,6 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
             return logp, (cache, mask, next_pos + 1)
 
         return start, step
-
-    def encode_with_cache(self, codes, attention):
-        levels = torch.arange(codes.shape[1], device=codes.device) % self.code_length
-        embeds = self.embed_codes(codes, levels.expand_as(codes))
-        position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-        hidden, cache = run_backbone(self.backbone, embeds, attention, position_ids, use_cache=True)
-        return hidden[:, -1], cache, position_ids[:, -1] + 1
 
     def _uncached_decoder(self, codes, attention):
         """Reference decoder: re-runs the whole sequence every step (for tests and timing)."""
