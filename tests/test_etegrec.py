@@ -43,6 +43,20 @@ def test_code_loss_reaches_the_model_codebook_copy(setup):
     model.zero_grad()
 
 
+def test_codebook_copy_has_its_own_learning_rate(setup):
+    config, model, _, _ = setup
+    from recbole_etegrec.trainer import ETEGRecTrainer
+
+    trainer = ETEGRecTrainer(config, model)
+    groups = trainer.rec_optimizer.param_groups
+    codebook = {id(p) for p in model.codebooks.parameters()}
+    lrs = {g["lr"] for g in groups if any(id(p) in codebook for p in g["params"])}
+    assert lrs == {config["lr_codebook"]}
+    rest = [g for g in groups if not any(id(p) in codebook for p in g["params"])]
+    assert [g["lr"] for g in rest] == [config["lr_rec"]]
+    assert sum(len(g["params"]) for g in groups) == len(model.recommender_parameters())
+
+
 def test_tokenizer_phase_trains_only_the_tokenizer(setup):
     _, model, _, batch = setup
     model.set_phase("id", align=True)

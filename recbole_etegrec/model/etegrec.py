@@ -96,6 +96,16 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
         return [p for n, p in self.named_parameters() if not n.startswith("tokenizer.")
                 and (not n.startswith("backbone.") or self._backbone_trainable(n))]
 
+    def recommender_parameter_groups(self, lr_codebook):
+        """Optimizer groups for recommender epochs: the codebook copy gets its own learning rate.
+        Its vectors are the tokenizer's (deeper levels have norms ~0.1 on l2-normalised items),
+        and Adam's steps do not scale with them, so the recommender's lr would move them across
+        the residual space and, once synced back, collapse items onto the same codes."""
+        codebook = list(self.codebooks.parameters())
+        ids = {id(p) for p in codebook}
+        rest = [p for p in self.recommender_parameters() if id(p) not in ids]
+        return [{"params": rest}, {"params": codebook, "lr": lr_codebook}]
+
     # -- forward -----------------------------------------------------------------------------
     def embed_codes(self, codes, levels):
         """SoftEmbedding: code -> its level's codebook vector -> scid_projector. -1 = padding."""

@@ -35,7 +35,8 @@ class ETEGRecTrainer(CodeTableTrainerMixin, Trainer):
 
     def _build_optimizer(self, **kwargs):
         kind, wd = self.config["optimizer"], self.config["weight_decay"]
-        self.rec_optimizer = build_adamw(self.model.recommender_parameters(), self.config["lr_rec"], wd, kind)
+        groups = self.model.recommender_parameter_groups(self.config["lr_codebook"])
+        self.rec_optimizer = build_adamw(groups, self.config["lr_rec"], wd, kind)
         self.id_optimizer = build_adamw(self.model.tokenizer.parameters(), self.config["lr_id"], wd, kind)
         return self.rec_optimizer
 

@@ -5,7 +5,10 @@ import torch
 
 
 def build_adamw(params, lr, weight_decay, kind="adamw"):
-    params = [p for p in params if p.requires_grad or p.grad is None]
+    """``params``: parameters or torch param-group dicts (a group's own ``lr`` wins)."""
+    params = list(params)
+    if params and not isinstance(params[0], dict):
+        params = [p for p in params if p.requires_grad or p.grad is None]
     if kind == "adamw8bit":
         try:
             import bitsandbytes as bnb  # imported lazily: ~7 s
