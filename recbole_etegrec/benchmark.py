@@ -1,6 +1,9 @@
 """Run several models on one dataset and report them side by side (Markdown, CSV, PNG)."""
 import csv
 import os
+import subprocess
+import sys
+import time
 import traceback
 
 import yaml
@@ -67,6 +70,8 @@ def run_models(models, dataset, config_files=None, config_dict=None, cmd_args=No
     model, missing data, bad config) is raised as is.
     """
     budget = load_budget(dataset) if benchmark_dir else {}
+    if benchmark_dir:
+        write_provenance(benchmark_dir, dataset, budget, config_files, config_dict, cmd_args)
     results = []
     for model in models:
         model_dict = {**budget.get("common", {}), **budget.get(model, {}), **(config_dict or {})}
@@ -87,6 +92,28 @@ def run_models(models, dataset, config_files=None, config_dict=None, cmd_args=No
             write_benchmark(rows, table, dataset, benchmark_dir)
     print(table, flush=True)
     return results
+
+
+def write_provenance(out_dir, dataset, budget, config_files, config_dict, cmd_args):
+    """``DIR/run.yaml``: the exact command, code version and budget behind the tables."""
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        commit += " (with uncommitted changes)" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown (not a git checkout)"
+    info = {
+        "command": " ".join(["python", os.path.basename(sys.argv[0])] + sys.argv[1:]),
+        "dataset": dataset, "commit": commit, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cpu_cores": os.cpu_count(), "config_files": config_files, "config_dict": config_dict,
+        "cmd_args": cmd_args, "budget": budget,
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "run.yaml"), "w") as f:
+        yaml.safe_dump(info, f, sort_keys=False)
 
 
 def write_benchmark(rows, table, dataset, out_dir):

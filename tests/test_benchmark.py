@@ -37,3 +37,6 @@ def test_benchmark_command_writes_table_csv_and_plot(tiny_config_dict, tmp_path)
     assert "| ETEGRec |" in table and "| TIGER |" in table and "failed" in table
     png = (out_dir / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    run = yaml.safe_load((out_dir / "run.yaml").read_text())
+    assert run["command"].startswith("python run_recbole_etegrec.py --model_list SASRec,NoSuchModel,TIGER,ETEGRec")
+    assert run["dataset"] == "ml-100k" and run["config_files"] == [str(files)] and run["commit"]
