@@ -38,3 +38,14 @@ def test_pads_to_longest_in_batch_not_max_length():
     b.interaction["item_id_list"] = torch.cat([b["item_id_list"], torch.zeros(2, 17, dtype=torch.long)], 1)
     out = add_code_fields(b, CODES, "item_id", "item_id_list", "item_length")
     assert out["code_input"].shape == (2, 12)
+
+
+def test_boundaries_mark_the_target_or_every_next_item():
+    last = add_code_fields(batch(), CODES, "item_id", "item_id_list", "item_length")
+    # boundary k = state at 4k + 3 predicts the item in slot k + 1 (slot 2 is the target)
+    assert last["boundary_mask"].tolist() == [[False, True], [False, True]]
+    assert last["boundary_items"].tolist() == [[0, 4], [0, 1]]
+    every = add_code_fields(batch(), CODES, "item_id", "item_id_list", "item_length", supervise="all")
+    # row 0: items 1, 2 | 4 -> boundaries predict 2 and 4; row 1: item 3 | 1 -> only the target
+    assert every["boundary_mask"].tolist() == [[True, True], [False, True]]
+    assert every["boundary_items"].tolist() == [[2, 4], [0, 1]]

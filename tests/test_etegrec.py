@@ -88,7 +88,9 @@ def test_target_positions_follow_the_causal_fix(setup):
     _, model, _, batch = setup
     model.eval()
     with torch.no_grad():
-        hidden, h_last = model.forward(batch)
+        hidden = model.forward(batch)
+        states, _ = model.boundary_states(hidden, batch)
+        last = batch["boundary_mask"][:, -1]  # every row's last boundary is its seq_end
         end = batch["seq_end_position"]
         assert torch.equal(batch["target_positions"][:, 0], end + 1)
         # the hidden state at seq_end only sees history: changing the target codes leaves it unchanged
@@ -98,7 +100,9 @@ def test_target_positions_follow_the_causal_fix(setup):
         h2 = model.encode(codes, att)
         assert torch.allclose(h2[:, end[0]], hidden[:, end[0]], atol=1e-5)
         assert not torch.allclose(h2[:, end[0] + 1], hidden[:, end[0] + 1], atol=1e-5)
-        assert torch.equal(h_last, hidden[torch.arange(len(end)), end].float())
+        assert last.all()
+        row_last = batch["boundary_mask"].sum(1).cumsum(0) - 1  # states are flattened row by row
+        assert torch.equal(states[row_last], hidden[torch.arange(len(end)), end].float())
 
 
 def test_kv_cached_beam_search_equals_uncached(setup):

@@ -1,4 +1,5 @@
-"""Code-sequence dataloaders: RecBole's loaders with one more step in ``transform``.
+"""Code-sequence dataloaders: RecBole's loaders with one more step in ``transform`` and batches
+grouped by length.
 
 Each batch gains, from ``item_id_list`` / ``item_length`` / the target ``item_id``:
 
@@ -7,15 +8,27 @@ Each batch gains, from ``item_id_list`` / ``item_length`` / the target ``item_id
     seq_end_position  [B]           index of the last history code (4*L - 1 for every row)
     target_codes      [B, 4]
     target_positions  [B, 4]        4*L .. 4*L + 3
+    boundary_items    [B, L]        item predicted at boundary k (the item in slot k + 1; slot L is the target)
+    boundary_mask     [B, L]        which boundaries are supervised
 
-L is the longest history in the batch (not MAX_ITEM_LIST_LENGTH): Amazon users average ~8 items,
-so padding to 20 would waste more than half of every forward pass. Left padding puts every
-history's end at the same index, which the decoder-only model and beam search rely on.
+L is the longest history in the batch (not MAX_ITEM_LIST_LENGTH). Left padding puts every
+history's end at the same index, which the decoder-only model and beam search rely on. Boundary k
+is the state at position 4*k + 3, the last code of history slot k, which (causally) predicts the
+item in slot k + 1. ``supervise="last"`` marks only the last boundary (one target per row: RecBole's
+prefix samples); ``"all"`` marks every boundary after a real item, so one row trains on every next
+item of its sequence in one causal pass (``train_mode: sequence``).
+
 All three loaders share one ``CodeTableSlot``: ``set_code_table`` on any of them re-tokenizes
 the train, valid and test batches together.
 """
+import math
+from logging import getLogger
+
+import numpy as np
 import torch
 from recbole.data.dataloader import FullSortEvalDataLoader, TrainDataLoader
+
+TRAIN_MODES = ("sequence", "prefix")
 
 
 class CodeTableSlot:
@@ -25,7 +38,7 @@ class CodeTableSlot:
         self.codes = None  # LongTensor [n_items, code_length]
 
 
-def add_code_fields(interaction, codes, item_field, list_field, length_field):
+def add_code_fields(interaction, codes, item_field, list_field, length_field, supervise="last"):
     if codes is None:
         raise RuntimeError("no code table set on the loaders: call loader.set_code_table(codes) first")
     items, lengths = interaction[list_field], interaction[length_field]
@@ -37,13 +50,21 @@ def add_code_fields(interaction, codes, item_field, list_field, length_field):
     aligned = torch.where(valid, items.gather(1, offset.clamp(min=0)), torch.zeros_like(offset))
     hist = codes[aligned]  # [B, longest, n_codes]
     hist = torch.where(valid.unsqueeze(-1), hist, torch.full_like(hist, -1)).reshape(batch, -1)
-    target = codes[interaction[item_field]]
+    target_item = interaction[item_field]
+    target = codes[target_item]
     hist_len = longest * n_codes
+    if supervise == "all":  # every item after the first real one
+        mask = valid & (lengths > 0).unsqueeze(1)
+    else:  # the target only
+        mask = torch.zeros_like(valid)
+        mask[:, -1] = lengths > 0
     fields = {
         "code_input": torch.cat([hist, target], dim=1),
         "seq_end_position": torch.full((batch,), hist_len - 1, dtype=torch.long),
         "target_codes": target,
         "target_positions": torch.arange(hist_len, hist_len + n_codes).expand(batch, -1).clone(),
+        "boundary_items": torch.where(mask, torch.cat([aligned[:, 1:], target_item.unsqueeze(1)], 1), 0),
+        "boundary_mask": mask,
     }
     fields["code_attention"] = (fields["code_input"] >= 0).long()
     for key, value in fields.items():
@@ -51,39 +72,113 @@ def add_code_fields(interaction, codes, item_field, list_field, length_field):
     return interaction
 
 
+def sequence_rows(dataset, max_len):
+    """Indices of RecBole's prefix samples that, together, hold every training target once.
+
+    RecBole's sequential dataset has one row per (history <= ``max_len`` items, target), in time
+    order within each user. The row of a user's last target holds the last ``max_len + 1`` items;
+    stepping back ``max_len`` targets at a time gives windows that share one context item and
+    whose targets are disjoint and cover every target of the user.
+    """
+    uid = dataset.inter_feat[dataset.uid_field].numpy()
+    n = len(uid)
+    order = np.argsort(uid, kind="stable")  # stable: keeps each user's rows in time order
+    sorted_uid = uid[order]
+    starts = np.ones(n, dtype=bool)
+    starts[1:] = sorted_uid[1:] != sorted_uid[:-1]
+    first = np.flatnonzero(starts)
+    sizes = np.diff(np.append(first, n))
+    rank = np.arange(n) - np.repeat(first, sizes)  # position of the row within its user
+    from_end = np.repeat(sizes, sizes) - 1 - rank
+    return np.sort(order[from_end % max_len == 0])
+
+
+class LengthGroupedBatches(torch.utils.data.Sampler):
+    """Batches of similar length, so a batch pads to little more than its real positions.
+
+    Training (``shuffle``): shuffle all samples, sort by length inside chunks of ``chunk_batches``
+    batches, cut the chunks into batches, shuffle the batches. Every sample is yielded once per
+    epoch, and batch composition still changes from epoch to epoch. Evaluation: one global sort,
+    in a fixed order; per-user metrics do not depend on which batch a user is in.
+    """
+
+    def __init__(self, lengths, batch_size, shuffle, generator, chunk_batches):
+        self.lengths = torch.as_tensor(lengths)
+        self.batch_size, self.shuffle, self.generator = batch_size, shuffle, generator
+        self.chunk = batch_size * chunk_batches if shuffle else len(self.lengths)
+
+    def __iter__(self):
+        n = len(self.lengths)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        batches = []
+        for start in range(0, n, max(self.chunk, 1)):
+            chunk = order[start:start + self.chunk]
+            chunk = chunk[torch.argsort(self.lengths[chunk], descending=True, stable=True)]
+            batches.extend(chunk.split(self.batch_size))
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=self.generator)]
+        return (batch.tolist() for batch in batches)
+
+    def __len__(self):
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+
+class _LengthGroupedDataLoader(torch.utils.data.DataLoader):
+    """Sits between RecBole's ``AbstractDataLoader`` and torch's ``DataLoader`` in the MRO: RecBole
+    passes its batch size, shuffle flag and generator here, and we hand torch a length-grouped batch
+    sampler instead. Under DDP (RecBole passes a DistributedSampler) RecBole's batching is kept."""
+
+    def __init__(self, dataset, batch_size, shuffle=False, sampler=None, generator=None, **kwargs):
+        config = self.config
+        if config["group_by_length"] and sampler is None:
+            lengths = self._dataset.inter_feat[config["ITEM_LIST_LENGTH_FIELD"]]
+            batches = LengthGroupedBatches(lengths, batch_size, shuffle, generator, config["length_group_batches"])
+            super().__init__(dataset=dataset, batch_sampler=batches, generator=generator, **kwargs)
+            return
+        if config["group_by_length"]:
+            getLogger().info("group_by_length is off under DDP: RecBole's DistributedSampler batches the data")
+        super().__init__(dataset=dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
+                         generator=generator, **kwargs)
+
+
 class _CodeSeqTransform:
     """RecBole's configured transform, followed by ``add_code_fields``."""
 
-    def __init__(self, base, slot, config):
-        self.base, self.slot = base, slot
+    def __init__(self, base, slot, config, supervise):
+        self.base, self.slot, self.supervise = base, slot, supervise
         self.item_field = config["ITEM_ID_FIELD"]
         self.list_field = self.item_field + config["LIST_SUFFIX"]
         self.length_field = config["ITEM_LIST_LENGTH_FIELD"]
 
     def __call__(self, dataset, interaction):
         interaction = self.base(dataset, interaction)
-        return add_code_fields(
-            interaction, self.slot.codes, self.item_field, self.list_field, self.length_field
-        )
+        return add_code_fields(interaction, self.slot.codes, self.item_field, self.list_field,
+                               self.length_field, self.supervise)
 
 
 class _CodeSeqMixin:
-    def _use_slot(self, config, slot):
+    def _use_slot(self, config, slot, supervise="last"):
         self.code_slot = slot if slot is not None else CodeTableSlot()
-        self.transform = _CodeSeqTransform(self.transform, self.code_slot, config)
+        self.transform = _CodeSeqTransform(self.transform, self.code_slot, config, supervise)
 
     def set_code_table(self, codes):
         """Swap the item -> codes table for every loader sharing this slot (train, valid, test)."""
         self.code_slot.codes = codes.detach().cpu().long()
 
 
-class CodeSeqTrainDataLoader(_CodeSeqMixin, TrainDataLoader):
-    def __init__(self, config, dataset, sampler, shuffle=False, slot=None):
+class CodeSeqTrainDataLoader(_CodeSeqMixin, TrainDataLoader, _LengthGroupedDataLoader):
+    """``train_mode: prefix``: RecBole's prefix samples, one target each. ``sequence``: one row per
+    user window (``sequence_rows``), every next item a target."""
+
+    def __init__(self, config, dataset, sampler, shuffle=False, slot=None, train_mode="prefix"):
+        if train_mode == "sequence":
+            dataset = dataset.copy(dataset.inter_feat[sequence_rows(dataset, config["MAX_ITEM_LIST_LENGTH"])])
         super().__init__(config, dataset, sampler, shuffle=shuffle)
-        self._use_slot(config, slot)
+        self.train_mode = train_mode
+        self._use_slot(config, slot, supervise="all" if train_mode == "sequence" else "last")
 
 
-class CodeSeqFullSortEvalDataLoader(_CodeSeqMixin, FullSortEvalDataLoader):
+class CodeSeqFullSortEvalDataLoader(_CodeSeqMixin, FullSortEvalDataLoader, _LengthGroupedDataLoader):
     def __init__(self, config, dataset, sampler, shuffle=False, slot=None):
         super().__init__(config, dataset, sampler, shuffle=shuffle)
         self._use_slot(config, slot)

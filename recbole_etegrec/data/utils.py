@@ -46,10 +46,15 @@ def data_preparation(config, dataset):
             raise EtegrecError(
                 f"{config['model']} ranks by beam search over all items: set eval_args.mode to 'full'"
             )
+    train_mode = config["train_mode"]
+    if train_mode not in model_class.train_modes:
+        raise EtegrecError(f"config key 'train_mode' is {train_mode!r}, but {config['model']} trains in "
+                           f"{' or '.join(model_class.train_modes)} mode: set train_mode to one of them")
     built = dataset.build()
     samplers = create_samplers(config, dataset, built)
     slot = CodeTableSlot()
-    train = CodeSeqTrainDataLoader(config, built[0], samplers[0], shuffle=config["shuffle"], slot=slot)
+    train = CodeSeqTrainDataLoader(config, built[0], samplers[0], shuffle=config["shuffle"], slot=slot,
+                                   train_mode=train_mode)
     valid = CodeSeqFullSortEvalDataLoader(config, built[1], samplers[1], shuffle=False, slot=slot)
     test = CodeSeqFullSortEvalDataLoader(config, built[2], samplers[2], shuffle=False, slot=slot)
     return train, valid, test

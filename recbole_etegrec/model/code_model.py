@@ -10,6 +10,7 @@ class CodeSequenceMixin:
     ``chunk_size`` and ``use_kv_cache``."""
 
     uses_item_codes = True  # data_preparation gives these models code-sequence loaders
+    train_modes = ("prefix",)  # train_mode values the model supports (ETEGRec adds "sequence")
 
     def other_parameter(self):
         return {"code_table": self.code_table.state_dict()}

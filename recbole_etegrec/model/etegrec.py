@@ -27,6 +27,7 @@ from recbole_etegrec.utils import main_process_first
 
 class ETEGRec(CodeSequenceMixin, SequentialRecommender):
     input_type = InputType.POINTWISE
+    train_modes = ("sequence", "prefix")  # the decoder-only model can supervise every next item
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -38,6 +39,7 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
         self.weights = {k: config[k] for k in (
             "id_vq_loss", "id_kl_loss", "id_dec_cl_loss", "rec_code_loss", "rec_kl_loss", "rec_dec_cl_loss")}
         self.phase, self.align = "rec", True
+        self._item_semantics = None  # cached tokenizer outputs while the tokenizer is frozen
 
         # tokenizer: the pretrained RQ-VAE (trained further in the trainer's tokenizer epochs)
         with main_process_first():  # under DDP rank 0 pretrains/caches, the others then load
@@ -79,6 +81,7 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
     def set_phase(self, phase, align):
         """``rec``: train the recommender, tokenizer frozen; ``id``: train the tokenizer only."""
         self.phase, self.align = phase, align
+        self._item_semantics = None
         for name, param in self.named_parameters():
             if name.startswith("tokenizer."):
                 param.requires_grad_(phase == "id")
@@ -116,9 +119,11 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
 
     def code_logits(self, hidden, level):
         """Weight tying: output_projector(h) . codebook_level^T (suffix level: suffix table)."""
-        query = self.output_projector(hidden.float())
-        table = self.codebooks[level].weight if level < self.levels else self.suffix_embedding.weight
-        return query @ table.T
+        return self.output_projector(hidden.float()) @ self.level_table(level).T
+
+    def level_table(self, level):
+        """Output (and input) vectors of one code level: a codebook copy, or the suffix table."""
+        return self.codebooks[level].weight if level < self.levels else self.suffix_embedding.weight
 
     def encode(self, codes, attention):
         """Run the backbone over left-padded code sequences; returns hidden states [B, T, H]."""
@@ -134,43 +139,70 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
         return hidden, cache, position_ids
 
     def forward(self, interaction):
-        """Hidden states of the history + target codes, and the last history token's state."""
-        codes, attention = interaction["code_input"], interaction["code_attention"]
-        if self.phase == "id":  # tokenizer epoch: the recommender is frozen, the history suffices
-            codes, attention = self.history(interaction)
-        hidden = self.encode(codes, attention)
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return hidden, hidden[rows, interaction["seq_end_position"]].float()
+        """Hidden states [B, T, H] of the code rows (history + target; causal, so a state never sees
+        the codes after it)."""
+        return self.encode(interaction["code_input"], interaction["code_attention"])
+
+    def boundary_states(self, hidden, interaction):
+        """The supervised boundaries of a batch: states [N, H] at the last code of each history so
+        far (position 4k + 3 for boundary k) and the items [N] they predict."""
+        mask = interaction["boundary_mask"]
+        positions = torch.arange(mask.shape[1], device=hidden.device) * self.code_length + self.code_length - 1
+        return hidden[:, positions][mask].float(), interaction["boundary_items"][mask]
 
     def calculate_loss(self, interaction):
-        hidden, h_last = self.forward(interaction)
-        w, target = self.weights, None
+        """Recommender epochs: code loss (+ SIA, PSA); tokenizer epochs: RQ-VAE loss (+ SIA, PSA),
+        every term over all supervised boundaries of the batch (one per row in ``prefix`` mode,
+        every next item of the row in ``sequence`` mode)."""
+        w = self.weights
         if self.phase == "rec":
+            hidden = self.forward(interaction)
             main, w_kl, w_cl = w["rec_code_loss"] * self.code_loss(hidden, interaction), w["rec_kl_loss"], w["rec_dec_cl_loss"]
+            if not self.align:
+                return (main,)
+            states, items = self.boundary_states(hidden, interaction)
+            target_logits, target_recon = self.frozen_item_semantics(items)
         else:
-            target = self.tokenizer(self.item_emb[interaction[self.ITEM_ID]])  # RQVAEOutput
+            items = interaction["boundary_items"][interaction["boundary_mask"]]
+            target = self.tokenizer(self.item_emb[items])  # RQVAEOutput, with gradients
             main, w_kl, w_cl = w["id_vq_loss"] * target.loss, w["id_kl_loss"], w["id_dec_cl_loss"]
-        if not self.align:
-            return (main,)
-        if target is None:  # recommender epochs need the target's tokenization only for SIA/PSA
-            target = self.tokenizer(self.item_emb[interaction[self.ITEM_ID]])
+            if not self.align:
+                return (main,)
+            with torch.no_grad():  # the recommender is frozen in tokenizer epochs
+                states, _ = self.boundary_states(self.forward(interaction), interaction)
+            target_logits, target_recon = target.quant.logits, target.recon
         # SIA: code distributions of the sequence (through the tokenizer's quantizer) vs the target's
-        seq_logits = self.tokenizer.quantizer(self.enc_adapter(h_last)).logits
-        sia = symmetric_kl(seq_logits, target.quant.logits)
+        sia = symmetric_kl(self.tokenizer.quantizer(self.enc_adapter(states)).logits, target_logits)
         # PSA: preference vector vs the tokenizer's reconstruction of the target item
-        psa = symmetric_info_nce(self.dec_adapter(h_last), target.recon, self.tau)
+        psa = symmetric_info_nce(self.dec_adapter(states), target_recon, self.tau)
         return main, w_kl * sia, w_cl * psa
 
+    def frozen_item_semantics(self, items):
+        """The tokenizer's per-level code logits and reconstruction of ``items``. In recommender
+        epochs the tokenizer is frozen, so they are computed once for all items per phase
+        (``set_phase`` forgets them) instead of once per supervised boundary."""
+        if self._item_semantics is None:
+            with torch.no_grad():
+                out = self.tokenizer(self.item_emb)
+            self._item_semantics = (out.quant.logits, out.recon)
+        logits, recon = self._item_semantics
+        return [level[items] for level in logits], recon[items]
+
     def code_loss(self, hidden, interaction):
-        """Cross-entropy of the 4 target codes. Causal fix: code i is predicted from the hidden
-        state one position before it, code 0 from the last history token (seq_end_position)."""
-        pos = torch.cat([interaction["seq_end_position"].unsqueeze(1),
-                         interaction["target_positions"][:, :-1]], dim=1)
-        rows = torch.arange(hidden.shape[0], device=hidden.device).unsqueeze(1)
-        states = hidden[rows, pos]  # [B, L, H]
-        targets = interaction["target_codes"]
-        return sum(F.cross_entropy(self.code_logits(states[:, i], i), targets[:, i])
-                   for i in range(self.code_length)) / self.code_length
+        """Mean cross-entropy over every supervised target code. Causal fix: the code at position q
+        is predicted from the state at q - 1, so an item's first code comes from the last code of
+        the item before it. Target positions run from code_length (slot 1) to the end; a position is
+        supervised when its slot's boundary is."""
+        codes, n = interaction["code_input"], self.code_length
+        mask = interaction["boundary_mask"].repeat_interleave(n, dim=1)  # [B, T - n]
+        targets = codes[:, n:][mask]
+        query = self.output_projector(hidden[:, n - 1:-1][mask].float())
+        levels = (torch.arange(n, codes.shape[1], device=codes.device) % n).expand_as(mask)[mask]
+        total = query.new_zeros(())
+        for level in range(n):
+            rows = levels == level
+            total = total + F.cross_entropy(query[rows] @ self.level_table(level).T, targets[rows], reduction="sum")
+        return total / max(targets.numel(), 1)
 
     # -- generation --------------------------------------------------------------------------
     def generate(self, codes, attention, num_beams=None, use_cache=True):
