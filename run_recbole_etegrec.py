@@ -58,7 +58,7 @@ def main(argv=None):
     except EtegrecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0 if all(r.get("error") is None for r in results) else 1
+    return 0 if all(r.get("error") is None and r.get("write_error") is None for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import traceback
 import yaml
 
 from recbole_etegrec.errors import EtegrecError
+from recbole_etegrec.io import atomic_path, atomic_write, check_writable, remove_stale_tmp
 from recbole_etegrec.quick_start import REPORT_METRICS, run
 from recbole_etegrec.utils import properties_dir
 
@@ -71,6 +72,7 @@ def run_models(models, dataset, config_files=None, config_dict=None, cmd_args=No
     """
     budget = load_budget(dataset) if benchmark_dir else {}
     if benchmark_dir:
+        check_writable(benchmark_dir, "benchmark_dir")  # found before the first model trains
         write_provenance(benchmark_dir, dataset, budget, config_files, config_dict, cmd_args)
     results = []
     for model in models:
@@ -88,8 +90,11 @@ def run_models(models, dataset, config_files=None, config_dict=None, cmd_args=No
         # rewrite the table after every model: a long benchmark shows (and keeps) what is done
         rows = [result_row(r) for r in results]
         table = markdown_table(rows, dataset)
+        print(table.splitlines()[-1], flush=True)  # the finished row reaches the log whatever happens
         if benchmark_dir:
-            write_benchmark(rows, table, dataset, benchmark_dir)
+            for failure in write_benchmark(rows, table, dataset, benchmark_dir):
+                print(f"error: {failure}", file=sys.stderr, flush=True)
+                result.setdefault("write_error", failure)
     print(table, flush=True)
     return results
 
@@ -111,20 +116,36 @@ def write_provenance(out_dir, dataset, budget, config_files, config_dict, cmd_ar
         "cpu_cores": os.cpu_count(), "config_files": config_files, "config_dict": config_dict,
         "cmd_args": cmd_args, "budget": budget,
     }
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "run.yaml"), "w") as f:
+    with atomic_write(os.path.join(out_dir, "run.yaml"), "w") as f:
         yaml.safe_dump(info, f, sort_keys=False)
 
 
 def write_benchmark(rows, table, dataset, out_dir):
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(table + "\n")
-    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["model", "status", *COLUMNS])
-        writer.writeheader()
-        writer.writerows(rows)
-    plot_test_metrics(rows, dataset, os.path.join(out_dir, "results.png"))
+    """Write results.md, results.csv and results.png, each atomically and independently (one
+    failing write never stops the others, nor the remaining models); returns the failures."""
+    failures = []
+    if os.path.isdir(out_dir):
+        remove_stale_tmp(out_dir)
+
+    def markdown():
+        with atomic_write(os.path.join(out_dir, "results.md"), "w") as f:
+            f.write(table + "\n")
+
+    def table_csv():
+        with atomic_write(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["model", "status", *COLUMNS])
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def plot():
+        plot_test_metrics(rows, dataset, os.path.join(out_dir, "results.png"))
+
+    for write in (markdown, table_csv, plot):
+        try:
+            write()
+        except (EtegrecError, OSError) as err:
+            failures.append(str(err))
+    return failures
 
 
 def plot_test_metrics(rows, dataset, path):
@@ -146,5 +167,8 @@ def plot_test_metrics(rows, dataset, path):
     ax.set_title(f"{dataset}: test metrics (full ranking, leave-one-out)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)

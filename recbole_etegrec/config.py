@@ -13,6 +13,7 @@ from recbole.config import Config as RecBoleConfig
 from recbole_etegrec import compat
 from recbole_etegrec.errors import EtegrecError
 from recbole_etegrec.utils import get_model, properties_dir
+from recbole_etegrec.validation import validate
 
 # Keys whose RecBole default has one type but that legitimately take several.
 _FLEXIBLE_KEYS = {
@@ -32,8 +33,12 @@ class Config(RecBoleConfig):
         compat.apply()
         self._key_source = {}
         self._cmd_args = list(cmd_args or [])
-        super().__init__(model, dataset, config_file_list, config_dict)
+        try:
+            super().__init__(model, dataset, config_file_list, config_dict)
+        except ValueError as err:  # RecBole's own consistency checks (e.g. CE loss with negatives)
+            raise EtegrecError(f"invalid config for {model}: {err}") from None
         self._check_types()
+        validate(self, self._key_source)  # unknown keys (typos) and ranges, before any data is read
 
     # -- loading ---------------------------------------------------------------------------
     def _read_yaml(self, file):
@@ -90,17 +95,30 @@ class Config(RecBoleConfig):
         return config_dict
 
     def _load_internal_config_dict(self, model, model_class, dataset):
+        """Plugin layers; a dataset without ``properties/dataset/<dataset>.yaml`` gets the project's
+        protocol (``properties/protocol.yaml``), then ``<data_path>/<dataset>/<dataset>.yaml`` (the
+        dataset's own choices, written by ``prepare``) if present. Both are recorded in the config
+        (``protocol_file``, ``dataset_config_file``), so the run's log names them."""
         super()._load_internal_config_dict(model, model_class, dataset)
         root = properties_dir()
         tokenizer = [os.path.join(root, "tokenizer.yaml")] if getattr(model_class, "uses_item_codes", False) else []
+        protocol = os.path.join(root, "dataset", f"{dataset}.yaml")
+        if not os.path.isfile(protocol):
+            protocol = os.path.join(root, "protocol.yaml")
         for file in (
             os.path.join(root, "overall.yaml"),
             *tokenizer,
             os.path.join(root, "model", f"{model}.yaml"),
-            os.path.join(root, "dataset", f"{dataset}.yaml"),
+            protocol,
         ):
             if os.path.isfile(file):
                 self._update_internal_config_dict(file)
+        data_path = self.external_config_dict.get("data_path") or self.internal_config_dict.get("data_path") or ""
+        own = os.path.join(str(data_path), str(dataset), f"{dataset}.yaml")
+        own = own if os.path.isfile(own) else None
+        if own:
+            self._update_internal_config_dict(own)
+        self.internal_config_dict.update(protocol_file=protocol, dataset_config_file=own)
 
     # -- devices ---------------------------------------------------------------------------
     def _init_device(self):

@@ -4,11 +4,14 @@ import time
 from logging import getLogger
 
 import torch
+from recbole.trainer import Trainer
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_etegrec.config import Config
 from recbole_etegrec.data import create_dataset, data_preparation
 from recbole_etegrec.errors import EtegrecError
+from recbole_etegrec.io import check_writable
+from recbole_etegrec.trainer.checkpoint import ResumableTrainerMixin
 from recbole_etegrec.utils import get_model, get_trainer
 
 REPORT_METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
@@ -34,6 +37,10 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None, 
     """
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
                     config_dict=config_dict, cmd_args=cmd_args)
+    check_writable(config["checkpoint_dir"], "checkpoint_dir")  # before hours of training, not after
+    if config["resume_file"] and not os.path.isfile(config["resume_file"]):
+        raise EtegrecError(f"resume_file '{config['resume_file']}' does not exist: give a checkpoint "
+                           "this model's trainer wrote (saved/<Model>-<time>.pth or its -last.pth)")
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -47,11 +54,8 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None, 
         torch.cuda.reset_peak_memory_stats(config["device"])
     net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     logger.info(net)
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    trainer = resumable(get_trainer(config["MODEL_TYPE"], config["model"]))(config, net)
     if config["resume_file"]:
-        if not os.path.isfile(config["resume_file"]):
-            raise EtegrecError(f"resume_file '{config['resume_file']}' does not exist: give a checkpoint "
-                               "this model's trainer wrote (saved/<Model>-<time>.pth)")
         trainer.resume_checkpoint(config["resume_file"])  # continues at the epoch after it
 
     fit_callback = None
@@ -86,6 +90,13 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None, 
         "peak_mem_mb": peak_memory_mb(config["device"]),
         "saved_model_file": trainer.saved_model_file if saved else None,
     }
+
+
+def resumable(trainer_class):
+    """RecBole's trainers (SASRec, ...) get the plugin's atomic, resumable checkpoints too."""
+    if issubclass(trainer_class, ResumableTrainerMixin) or not issubclass(trainer_class, Trainer):
+        return trainer_class
+    return type(trainer_class.__name__, (ResumableTrainerMixin, trainer_class), {})
 
 
 def _remember_valid_results(trainer):

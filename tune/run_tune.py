@@ -19,6 +19,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray 2.6's classic, compact s
 import yaml  # noqa: E402
 
 from recbole_etegrec.errors import EtegrecError  # noqa: E402
+from recbole_etegrec.io import atomic_path, atomic_write  # noqa: E402
 
 _SPACE_FIELDS = {"choice": ("values",), "grid": ("values",), "uniform": ("low", "high"),
                  "loguniform": ("low", "high"), "randint": ("low", "high")}
@@ -218,13 +219,13 @@ def write_outputs(out, rows, columns, metric_key, header):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    with open(os.path.join(out, "trials.csv"), "w", newline="", encoding="utf-8") as f:
+    with atomic_write(os.path.join(out, "trials.csv"), "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     table += ["| " + " | ".join(fmt(r[c]).replace("|", "/") for c in columns) + " |" for r in rows]
-    with open(os.path.join(out, "trials.md"), "w", encoding="utf-8") as f:
+    with atomic_write(os.path.join(out, "trials.md"), "w", encoding="utf-8") as f:
         f.write(header + "\n\n" + "\n".join(table) + "\n")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rows:
@@ -237,7 +238,8 @@ def write_outputs(out, rows, columns, metric_key, header):
     if any(r["_curve"] for r in rows):
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "valid_curves.png"), dpi=120)
+    with atomic_path(os.path.join(out, "valid_curves.png")) as tmp:  # a kill leaves the old plot
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return "\n".join(table)
 
@@ -260,7 +262,7 @@ def write_best_config(path, best, notes, args, metric_key):
         value = best[key]
         dumped = yaml.safe_dump({key: value}, default_flow_style=True, width=1000).strip()[1:-1]
         lines.append(f"{dumped:<30}  # ({type(value).__name__}) sampled from {note}")
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_write(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
 
 
@@ -283,7 +285,7 @@ def final_run(args, base, best, space_keys, out):
         text.append(f"| {split} | " + " | ".join(fmt(res[f"{split}_result"].get(m)) for m in metrics) + " |")
     text += ["", f"train_time_s: {res['train_time']:.1f}, params: {res['params']}, "
              f"saved_model_file: {res['saved_model_file']}"]
-    with open(os.path.join(out, "final.md"), "w", encoding="utf-8") as f:
+    with atomic_write(os.path.join(out, "final.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(text) + "\n")
     return "\n".join(text)
 

@@ -23,9 +23,24 @@ from recbole_etegrec.utils import get_model
 def create_dataset(config):
     check_inter_file(config)
     dataset = recbole_create_dataset(config)
+    drop_duplicate_interactions(dataset)
     if config["debug"]:
         dataset = keep_first_users(dataset, config["debug_samples"])
     return dataset
+
+
+def drop_duplicate_interactions(dataset):
+    """Duplicate rule: interactions equal in every loaded column (user, item, timestamp, ...) are
+    one interaction written twice (a copy error, not a re-consumption, which has its own time);
+    the first is kept, the rest dropped before the split, and their count is logged as a warning."""
+    inter = dataset.inter_feat
+    duplicated = inter.duplicated(keep="first")
+    count = int(duplicated.sum())
+    if count:
+        dataset.inter_feat = inter[~duplicated].reset_index(drop=True)
+        getLogger().warning(f"{dataset.dataset_name}.inter: {count} duplicated interactions (equal in every "
+                            "loaded column) dropped, the first of each kept")
+    return count
 
 
 def keep_first_users(dataset, n_users):

@@ -5,13 +5,13 @@ Only ``inputs_embeds`` are ever fed (items enter through the SoftEmbedding), so 
 embedding table is frozen and, for from-scratch models, shrunk to a 2-row stub.
 """
 import inspect
-import os
 from logging import getLogger
 
 import torch
 from transformers import LlamaConfig, LlamaModel
 
 from recbole_etegrec.errors import EtegrecError
+from recbole_etegrec.validation import check_llama_path
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # transformers >= 5 names the KV cache argument `cache`; 4.x calls it `past_key_values`
@@ -37,12 +37,7 @@ def build_llama(config):
         raise EtegrecError(f"config key 'precision' must be one of {sorted(DTYPES)}, got {config['precision']!r}")
     path = config["llama_path"]
     if path:
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise EtegrecError(
-                f"llama_path '{path}' is not a local Hugging Face checkpoint (no config.json): "
-                "download it yourself (e.g. meta-llama/Llama-2-7b-hf) and point llama_path at the "
-                "folder, or set llama_path: ~ to build from llama_config; nothing is downloaded"
-            )
+        check_llama_path(path)  # another family would load as random LLaMA weights, one warning only
         model = LlamaModel.from_pretrained(path, dtype=dtype, attn_implementation="sdpa",
                                            local_files_only=True)
     else:

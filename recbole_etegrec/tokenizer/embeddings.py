@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from recbole_etegrec.errors import EtegrecError
+from recbole_etegrec.io import atomic_write, remove_stale_tmp
 
 SOURCES = ("sasrec", "text", "file")
 TEXT_MAX_LENGTH = 256
@@ -102,30 +103,47 @@ def load_item_embeddings(config, dataset):
     logger = getLogger()
     source = cfg(config, "item_emb_source", "sasrec")
     if source == "file":
-        return _check_shape(torch.from_numpy(_load_npy_file(config)).float(), dataset, cfg(config, "item_emb_file"))
+        where = cfg(config, "item_emb_file")
+        return check_finite(_check_shape(torch.from_numpy(_load_npy_file(config)).float(), dataset, where), where)
     path = embedding_cache_path(config)
     if os.path.isfile(path):
-        emb = torch.from_numpy(np.load(path)).float()
-        if emb.shape[0] == dataset.item_num:
+        try:
+            emb = torch.from_numpy(np.load(path)).float()
+        except (ValueError, OSError, EOFError) as err:  # truncated or overwritten cache: rebuild it
+            logger.warning(f"item embeddings: cache {path} is unreadable ({type(err).__name__}): recomputing")
+            emb = None
+        if emb is not None and emb.dim() == 2 and emb.shape[0] == dataset.item_num \
+                and bool(torch.isfinite(emb).all()):
             logger.info(f"item embeddings: cache hit {path}")
             return emb
-        logger.warning(f"item embeddings: cache {path} has {emb.shape[0]} rows, not {dataset.item_num}: recomputing")
+        if emb is not None:
+            logger.warning(f"item embeddings: cache {path} has shape {tuple(emb.shape)} or non-finite "
+                           f"values, not [{dataset.item_num}, d]: recomputing")
     logger.info(f"item embeddings: cache miss, computing '{source}' embeddings -> {path}")
     start = time.time()
     emb = _sasrec_embeddings(config, dataset) if source == "sasrec" else _text_embeddings(config, dataset)
     emb[0] = 0.0
     logger.info(f"item embeddings: {tuple(emb.shape)} from '{source}' in {time.time() - start:.1f}s")
+    check_finite(emb, f"the '{source}' embeddings")
     save_npy(path, emb.numpy())
     return emb
 
 
 def save_npy(path, array):
     """Atomic write: a crash mid-write never leaves a truncated cache file behind."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+    remove_stale_tmp(os.path.dirname(os.path.abspath(path)))
+    with atomic_write(path, "wb") as f:
         np.save(f, array)
-    os.replace(tmp, path)
+
+
+def check_finite(emb, where):
+    """NaN/inf embeddings break k-means and the RQ-VAE with an unrelated error: stop here."""
+    bad = ~torch.isfinite(emb).all(dim=1)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten()[:3].tolist()
+        raise EtegrecError(f"item embeddings from '{where}' hold NaN/inf in {int(bad.sum())} rows (e.g. rows "
+                           f"{rows}): fix or regenerate the embeddings; every value must be finite")
+    return emb
 
 
 def _check_shape(emb, dataset, where):

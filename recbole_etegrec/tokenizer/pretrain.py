@@ -9,6 +9,7 @@ always retrains and writes the result where ETEGRec/TIGER runs with the same set
 """
 import argparse
 import copy
+import math
 import os
 import sys
 import time
@@ -18,9 +19,12 @@ from typing import NamedTuple, Optional
 import torch
 
 from recbole_etegrec.errors import EtegrecError
+from recbole_etegrec.io import atomic_torch_save, remove_stale_tmp
+from recbole_etegrec.rng import rng_scope
 from recbole_etegrec.tokenizer.code_table import CodeTable, build_code_table
 from recbole_etegrec.tokenizer.embeddings import (
     cfg,
+    check_finite,
     embedding_settings,
     item_tokens,
     load_item_embeddings,
@@ -121,6 +125,8 @@ def pretrain_rqvae(config, embeddings, logger=None):
     x = embeddings[1:].float().to(device)
     if len(x) == 0:
         raise EtegrecError("no items to tokenize: the dataset has no real items")
+    check_finite(x, "the item embeddings")
+    _check_distinct(x, config["code_num"])
     code_num, seed = config["code_num"], cfg(config, "seed", 2020)
     epochs, batch_size = config["rqvae_epochs"], config["rqvae_batch_size"]
     # fork the RNG: pretraining inside a model's __init__ must not shift the caller's random stream
@@ -156,6 +162,9 @@ def pretrain_rqvae(config, embeddings, logger=None):
                 loss.backward()
                 opt.step()
             loss, codes, z = _evaluate(model, x)
+            if not math.isfinite(loss):
+                raise EtegrecError(f"RQ-VAE loss became {loss} at epoch {epoch} (rqvae_lr={config['rqvae_lr']}): "
+                                   "lower rqvae_lr or check the item embeddings")
             collision, largest, util, ppl = code_stats(codes, code_num)
             if best_key is None or (collision, loss) < best_key:
                 best_key = (collision, loss)
@@ -176,6 +185,15 @@ def pretrain_rqvae(config, embeddings, logger=None):
                  best_epoch=best["epoch"], loss=best["loss"], initial_loss=initial_loss, seconds=time.time() - start, n_items=len(x))
     logger.info(f"rqvae: kept epoch {best['epoch']}: " + format_stats(stats))
     return model, table, stats
+
+
+def _check_distinct(x, code_num):
+    """Items with identical embeddings get identical semantic codes whatever the RQ-VAE learns; more
+    than ``code_num`` of them cannot be told apart by the suffix code: a data problem, not training."""
+    _, counts = torch.unique(x, dim=0, return_counts=True)
+    if int(counts.max()) > code_num:
+        raise EtegrecError(f"{int(counts.max())} items share one identical embedding (more than code_num={code_num}): "
+                           "the item embeddings are degenerate; check item_emb_file / item_emb_source")
 
 
 def format_stats(stats):
@@ -205,10 +223,8 @@ def save_tokenizer(path, rqvae, code_table, stats, norm, item_emb=None, tokens=N
         "code_table": code_table.state_dict(), "stats": stats, "norm": norm,
         "item_emb": item_emb, "item_tokens": list(tokens) if tokens is not None else None,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    remove_stale_tmp(os.path.dirname(os.path.abspath(path)))
+    atomic_torch_save(state, path)
 
 
 def load_tokenizer(path):
@@ -223,7 +239,8 @@ def load_tokenizer(path):
     if not isinstance(state, dict) or state.get("format") != _FORMAT:
         raise EtegrecError(f"'{path}' is not a tokenizer checkpoint of this version: regenerate it with "
                            "`python -m recbole_etegrec.tokenizer.pretrain`")
-    rqvae = RQVAE(**state["arch"])
+    with rng_scope():  # the module's random init must not shift the training run's stream
+        rqvae = RQVAE(**state["arch"])
     rqvae.load_state_dict(state["state_dict"])
     rqvae.eval()
     stats = dict(state["stats"], item_tokens=state["item_tokens"])
@@ -264,7 +281,14 @@ def save_bundle(path, bundle):
 
 
 def load_or_pretrain(config, dataset):
-    """The tokenizer for this config: ``tokenizer_path`` if set, else the cache, else pretrain + cache."""
+    """The tokenizer for this config: ``tokenizer_path`` if set, else the cache, else pretrain + cache.
+    Runs in its own random scope: a cache miss (pretraining, maybe a SASRec for the embeddings) and
+    a cache hit leave the caller's random stream identical, so both runs train the same way."""
+    with rng_scope():
+        return _load_or_pretrain(config, dataset)
+
+
+def _load_or_pretrain(config, dataset):
     logger = getLogger()
     path = cfg(config, "tokenizer_path")
     if path:
@@ -272,10 +296,14 @@ def load_or_pretrain(config, dataset):
         bundle = load_tokenizer(path)
     else:
         path = tokenizer_cache_path(config)
+        bundle = None
         if os.path.isfile(path):
-            logger.info(f"tokenizer: cache hit {path}")
-            bundle = load_tokenizer(path)
-        else:
+            try:
+                bundle = load_tokenizer(path)
+                logger.info(f"tokenizer: cache hit {path}")
+            except EtegrecError as err:  # a corrupt cache is rebuilt, not a dead end
+                logger.warning(f"tokenizer: cache {path} is unusable ({err}); pretraining it again")
+        if bundle is None:
             logger.info(f"tokenizer: cache miss, pretraining the RQ-VAE -> {path}")
             bundle, _ = embed_and_pretrain(config, dataset, logger)
             save_bundle(path, bundle)

@@ -10,11 +10,12 @@ import torch
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
+from recbole_etegrec.trainer.checkpoint import ResumableTrainerMixin
 from recbole_etegrec.trainer.code_table import CodeTableTrainerMixin
 from recbole_etegrec.trainer.optim import build_adamw
 
 
-class ETEGRecTrainer(CodeTableTrainerMixin, Trainer):
+class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
     def __init__(self, config, model):
         # RecBole wraps the whole model in one DDP at construction, with a GPU device id. The
         # trainable parameter set changes with the phase, which one DDP cannot follow, so we
@@ -49,6 +50,7 @@ class ETEGRecTrainer(CodeTableTrainerMixin, Trainer):
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         # Recommender epochs own the codebooks in the model's copy, tokenizer epochs in the RQ-VAE:
         # copying in at the start of a tokenizer epoch and out at its end syncs every phase change.
+        self.epoch_start(train_data, epoch_idx)  # last checkpoint / RNG restore before the phase switch
         phase = self.phase_of(epoch_idx)
         if phase == "id":
             self.model.sync_codebooks("to_tokenizer")
@@ -77,25 +79,15 @@ class ETEGRecTrainer(CodeTableTrainerMixin, Trainer):
             self._ddp[phase] = DistributedDataParallel(self.model, device_ids=ids)
         return self._ddp[phase]
 
-    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
-            return
-        path = kwargs.pop("saved_model_file", self.saved_model_file)
-        state = {
-            "config": self.config, "epoch": epoch, "cur_step": self.cur_step,
-            "best_valid_score": self.best_valid_score,
-            "state_dict": self.model.state_dict(), "other_parameter": self.model.other_parameter(),
-            "optimizer": self.rec_optimizer.state_dict(), "id_optimizer": self.id_optimizer.state_dict(),
-        }
-        torch.save(state, path, pickle_protocol=4)
-        if verbose:
-            self.logger.info(set_color("Saving current", "blue") + f": {path}")
+    # checkpoints: the mixin writes them; these are ETEGRec's extra parts
+    lr_keys = ("lr_rec", "lr_id")
 
-    def resume_checkpoint(self, resume_file):
-        checkpoint = self._load_checkpoint(resume_file)
-        self.saved_model_file = str(resume_file)
-        self.start_epoch, self.cur_step = checkpoint["epoch"] + 1, checkpoint["cur_step"]
-        self.best_valid_score = checkpoint["best_valid_score"]
+    def optimizer_states(self):
+        return {"optimizer": self.rec_optimizer.state_dict(), "id_optimizer": self.id_optimizer.state_dict()}
+
+    def load_optimizer_states(self, checkpoint):
         self.rec_optimizer.load_state_dict(checkpoint["optimizer"])
         self.id_optimizer.load_state_dict(checkpoint["id_optimizer"])
-        self.logger.info(f"Resumed from {resume_file}; training continues at epoch {self.start_epoch}")
+
+    def loss_phase(self):
+        return f"{self.model.phase}-align{int(self.model.align)}"

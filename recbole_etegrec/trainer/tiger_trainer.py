@@ -12,6 +12,7 @@ from recbole.trainer import Trainer
 from torch.optim.lr_scheduler import LambdaLR
 
 from recbole_etegrec.errors import EtegrecError
+from recbole_etegrec.trainer.checkpoint import ResumableTrainerMixin
 from recbole_etegrec.trainer.code_table import CodeTableTrainerMixin
 from recbole_etegrec.trainer.optim import build_adamw
 
@@ -37,7 +38,7 @@ def lr_factor(kind, warmup_steps, total_steps):
     return factor
 
 
-class TIGERTrainer(CodeTableTrainerMixin, Trainer):
+class TIGERTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         self.scheduler, self._schedule_hook = None, None
@@ -45,6 +46,11 @@ class TIGERTrainer(CodeTableTrainerMixin, Trainer):
     def _build_optimizer(self, **kwargs):
         return build_adamw(self.model.parameters(), self.config["learning_rate"],
                            self.config["weight_decay"], self.config["optimizer"])
+
+    def optimizer_states(self):
+        # the schedule is a function of the step (rebuilt with the resumed offset); saved to inspect
+        scheduler = self.scheduler.state_dict() if self.scheduler is not None else None
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": scheduler}
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None):

@@ -1,0 +1,110 @@
+"""Crash-safe file writes: every checkpoint, cache, table and plot goes through ``atomic_write``.
+
+The data is written to ``.<name>.tmp-<pid>`` in the target's own folder (same file system, so the
+rename is atomic), flushed and fsynced, then ``os.replace``d over the final name: a kill at any
+moment leaves either the old file or the new one, never a truncated one. Temporary files of a
+killed writer are removed by ``remove_stale_tmp`` on the next run.
+"""
+import glob
+import os
+from contextlib import contextmanager
+
+from recbole_etegrec.errors import EtegrecError
+
+TMP_TAG = ".tmp-"
+
+
+def tmp_name(path):
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}{TMP_TAG}{os.getpid()}")
+
+
+@contextmanager
+def atomic_write(path, mode="wb", **open_kwargs):
+    """``with atomic_write(p, "w") as f: f.write(...)``; ``p`` appears only once complete."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = tmp_name(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(tmp, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        _discard(tmp)
+        raise EtegrecError(f"cannot write '{path}' ({err.strerror or err}): make '{folder}' writable "
+                           "or choose another folder") from None
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+@contextmanager
+def atomic_path(path):
+    """For writers that want a file name (``savefig``, ``torch.save``): yields the temporary path."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = tmp_name(path)
+    root, ext = os.path.splitext(path)
+    tmp = tmp + ext  # some writers (matplotlib) pick the format from the extension
+    try:
+        os.makedirs(folder, exist_ok=True)
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        _discard(tmp)
+        raise EtegrecError(f"cannot write '{path}' ({err.strerror or err}): make '{folder}' writable "
+                           "or choose another folder") from None
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+def atomic_torch_save(obj, path, **kwargs):
+    import torch
+
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f, **kwargs)
+
+
+def _discard(tmp):
+    try:
+        os.remove(tmp)
+    except OSError:
+        pass
+
+
+def remove_stale_tmp(folder):
+    """Delete temporary files left in ``folder`` by writers that were killed (pid no longer alive)."""
+    removed = []
+    for tmp in glob.glob(os.path.join(glob.escape(folder), f".*{TMP_TAG}*")):
+        pid = tmp.rsplit(TMP_TAG, 1)[1].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            _discard(tmp)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_writable(folder, key):
+    """Fail before training when an output folder cannot be created or written."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = tmp_name(os.path.join(folder, "write-probe"))
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as err:
+        raise EtegrecError(f"{key} '{folder}' is not writable ({err.strerror or err}): fix its "
+                           f"permissions or pass --{key}=ANOTHER_FOLDER") from None

@@ -1,0 +1,189 @@
+"""``ResumableTrainerMixin``: crash-safe checkpoints, exact resume and a divergence stop for every
+trainer the pipeline builds (RecBole's, TIGER's, ETEGRec's).
+
+* Every checkpoint is written atomically (``io.atomic_torch_save``): a kill leaves the old file.
+* Beside RecBole's ``best`` checkpoint (``<Model>-<time>.pth``, written when validation improves)
+  a ``last`` checkpoint (``<Model>-<time>-last.pth``) is written after every epoch. It holds the
+  model, code table, every optimizer and scheduler, the epoch, the early-stopping state and the
+  RNG states (python, numpy, torch, the train loader's shuffle generator), so
+  ``--resume_file=<...>-last.pth`` continues exactly where the uninterrupted run would be.
+  It is written at the start of the next epoch (the state there equals "after epoch e") and when
+  ``fit`` returns.
+* A NaN/inf batch loss, or one above ``LOSS_EXPLOSION`` x the first loss of its phase, stops the
+  run with one line naming the learning rate; the best checkpoint so far stays on disk.
+"""
+import math
+import os
+
+import torch
+from recbole.utils import set_color
+
+from recbole_etegrec.errors import EtegrecError
+from recbole_etegrec.io import atomic_torch_save, remove_stale_tmp
+from recbole_etegrec.rng import get_rng_state, set_rng_state
+
+LOSS_EXPLOSION = 100.0
+_KIND = "recbole_etegrec-checkpoint"
+
+
+def last_checkpoint_path(best_path):
+    root, ext = os.path.splitext(best_path)
+    return f"{root}-last{ext or '.pth'}"
+
+
+class TrainingDiverged(EtegrecError):
+    """The loss became NaN/inf or exploded: the learning rate is the usual fix."""
+
+
+class ResumableTrainerMixin:
+    """Put first in the bases: ``class XTrainer(ResumableTrainerMixin, ..., Trainer)``."""
+
+    lr_keys = ("learning_rate",)  # named in the divergence message
+
+    # -- state -----------------------------------------------------------------------------
+    def optimizer_states(self):
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_optimizer_states(self, checkpoint):
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+
+    def loss_phase(self):
+        """Losses of different phases (ETEGRec's tokenizer/recommender epochs) differ in scale."""
+        return "train"
+
+    def _state(self, epoch):
+        return {
+            "kind": _KIND, "model": self.config["model"], "config": self.config, "epoch": epoch,
+            "cur_step": self.cur_step, "best_valid_score": self.best_valid_score,
+            "state_dict": self.model.state_dict(), "other_parameter": self.model.other_parameter(),
+            **self.optimizer_states(),
+        }
+
+    def _is_writer(self):
+        return self.config["single_spec"] or self.config["local_rank"] == 0
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        if not self._is_writer():
+            return
+        path = kwargs.pop("saved_model_file", self.saved_model_file)
+        atomic_torch_save(self._state(epoch), path, pickle_protocol=4)
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {path}")
+
+    def save_last(self, epoch, train_data=None, finished=False):
+        if not self._is_writer() or not getattr(self, "_saved", True):
+            return
+        state = self._state(epoch)
+        generator = getattr(train_data, "generator", None)
+        state.update(
+            last=True, finished=finished, best_file=self.saved_model_file,
+            best_valid_result=self.best_valid_result, train_loss_dict=dict(self.train_loss_dict),
+            loss_reference=dict(self._loss_reference()), rng=get_rng_state(),
+            loader_rng=generator.get_state() if isinstance(generator, torch.Generator) else None,
+        )
+        path = self.last_file or last_checkpoint_path(self.saved_model_file)
+        atomic_torch_save(state, path, pickle_protocol=4)
+        self.last_file = path
+        self.logger.info(set_color("Saving last", "blue") + f": {path} (epoch {epoch})")
+
+    # -- fit loop hooks ----------------------------------------------------------------------
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
+            callback_fn=None):
+        self._saved = saved
+        remove_stale_tmp(self.checkpoint_dir)
+        if not hasattr(self, "last_file"):
+            self.last_file = None
+        self._epoch_started = None
+        result = super().fit(train_data, valid_data, verbose=verbose, saved=saved,
+                             show_progress=show_progress, callback_fn=callback_fn)
+        done = max(self.train_loss_dict) if self.train_loss_dict else self.start_epoch - 1
+        if done >= self.start_epoch:
+            self.save_last(done, train_data, finished=True)
+        return result
+
+    def epoch_start(self, train_data, epoch_idx):
+        """Once per epoch, before anything else touches the model or the random state."""
+        if self._epoch_started == epoch_idx:
+            return
+        self._epoch_started = epoch_idx
+        pending = getattr(self, "_pending_rng", None)
+        if pending is not None:  # resumed: continue the interrupted run's random stream
+            set_rng_state(pending["rng"])
+            generator = getattr(train_data, "generator", None)
+            if pending["loader_rng"] is not None and isinstance(generator, torch.Generator):
+                generator.set_state(pending["loader_rng"])
+            self._pending_rng = None
+        elif epoch_idx > self.start_epoch:
+            self.save_last(epoch_idx - 1, train_data)
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self.epoch_start(train_data, epoch_idx)
+        self._epoch_idx = epoch_idx
+        return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+
+    def _loss_reference(self):
+        if not hasattr(self, "_loss_ref"):
+            self._loss_ref = {}
+        return self._loss_ref
+
+    def _check_nan(self, loss):
+        value = float(loss.detach())
+        lr = ", ".join(f"{k}={self.config[k]}" for k in self.lr_keys if self.config[k] is not None)
+        epoch = getattr(self, "_epoch_idx", "?")
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"training loss is {value} in epoch {epoch} ({lr}): lower the learning "
+                                   "rate; the best checkpoint so far is kept")
+        reference = self._loss_reference().setdefault(self.loss_phase(), abs(value))
+        if reference > 0 and abs(value) > LOSS_EXPLOSION * reference:
+            raise TrainingDiverged(
+                f"training loss exploded to {value:.4g} in epoch {epoch}, {abs(value) / reference:.0f}x its first "
+                f"value {reference:.4g} ({lr}): lower the learning rate; the best checkpoint so far is kept")
+
+    # -- resume ------------------------------------------------------------------------------
+    def resume_checkpoint(self, resume_file):
+        resume_file = str(resume_file)
+        checkpoint = read_checkpoint(resume_file, self.device)
+        if checkpoint.get("model") != self.config["model"] and \
+                str(getattr(checkpoint.get("config"), "final_config_dict", {}).get("model")) != self.config["model"]:
+            found = checkpoint.get("model") or "another model"
+            raise EtegrecError(f"resume_file '{resume_file}' is a {found} checkpoint, not {self.config['model']}: "
+                               "give a checkpoint this model wrote")
+        try:
+            self.model.load_state_dict(checkpoint["state_dict"])
+            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+            self.load_optimizer_states(checkpoint)
+        except (RuntimeError, KeyError, ValueError) as err:
+            lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+            first = (lines[1] if len(lines) > 1 else lines[0] if lines else type(err).__name__)[:160]
+            raise EtegrecError(f"resume_file '{resume_file}' does not fit this model's size/settings ({first}): "
+                               "resume with the config that wrote it") from None
+        self.start_epoch, self.cur_step = checkpoint["epoch"] + 1, checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        if checkpoint.get("last"):
+            best = checkpoint.get("best_file")
+            if best and os.path.isfile(best):
+                self.saved_model_file = best  # keep evaluating the run's best checkpoint
+            self.last_file = resume_file  # replaced atomically: never lost before the new one is complete
+            self.best_valid_result = checkpoint.get("best_valid_result")
+            self.train_loss_dict = dict(checkpoint.get("train_loss_dict") or {})
+            self._loss_ref = dict(checkpoint.get("loss_reference") or {})
+            self._pending_rng = {"rng": checkpoint["rng"], "loader_rng": checkpoint.get("loader_rng")}
+        else:  # a best checkpoint (no RNG state): training continues after its epoch
+            self.saved_model_file = resume_file
+        self.logger.info(f"Resumed from {resume_file}; training continues at epoch {self.start_epoch}")
+
+
+def read_checkpoint(path, device="cpu"):
+    """A checkpoint a trainer wrote, or one clear error (missing, truncated, not a checkpoint)."""
+    if not os.path.isfile(path):
+        raise EtegrecError(f"checkpoint '{path}' does not exist: give a file this model's trainer wrote "
+                           "(saved/<Model>-<time>.pth or its -last.pth)")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - truncated, random bytes, foreign pickle: one user problem
+        raise EtegrecError(f"checkpoint '{path}' cannot be read ({type(err).__name__}): it is truncated or "
+                           "not a checkpoint; use the previous one (-last.pth or the best .pth)") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise EtegrecError(f"'{path}' is not a model checkpoint (no state_dict): give a file this model's "
+                           "trainer wrote")
+    return checkpoint

@@ -1,0 +1,274 @@
+"""Bad inputs against the entry point, table-driven: each must end in exit code 2 with one
+``error:`` line holding the expected fragment, no traceback and no partial file left behind.
+
+Most rows call ``run_recbole_etegrec.main`` in-process (fast); a few run the real script.
+"""
+import glob
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import ML100K_ITEMS
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import run_recbole_etegrec  # noqa: E402
+
+HEADER = "user_id:token\titem_id:token\ttimestamp:float\n"
+TRAIN = ["--epochs=2", "--cycle=2", "--warm_epoch=0", "--finetune_epochs=1"]
+
+# (id, model, extra arguments ({name} = an artifact path), expected fragment of the error line)
+CASES = [
+    # values out of range (validated in Config, before any data is read)
+    ("epochs_negative", "ETEGRec", ["--epochs=-1"], "'epochs' from the command line must be a positive integer"),
+    ("epochs_zero", "SASRec", ["--epochs=0"], "'epochs' from the command line must be a positive integer"),
+    ("epochs_not_int", "SASRec", ["--epochs=abc"], "'epochs' from the command line expects int"),
+    ("num_beams_zero", "ETEGRec", ["--num_beams=0"], "'num_beams' from the command line must be a positive integer"),
+    ("num_beams_negative", "TIGER", ["--num_beams=-3"], "'num_beams' from the command line must be a positive"),
+    ("chunk_zero", "ETEGRec", ["--generate_chunk_size=0"], "'generate_chunk_size' from the command line must be"),
+    ("code_length_1", "ETEGRec", ["--code_length=1"], "'code_length' from the command line must be >= 2"),
+    ("heads_not_dividing", "ETEGRec", ["--config_files={odd_heads}"], "'llama_config.hidden_size' from config file"),
+    ("sasrec_heads", "SASRec", ["--hidden_size=33"], "'hidden_size' from the command line must be a multiple of n_heads"),
+    ("lora_r_zero", "ETEGRec", ["--lora_r=0"], "'lora_r' from the command line must be a positive integer"),
+    ("lr_rec_negative", "ETEGRec", ["--lr_rec=-0.001"], "'lr_rec' from the command line must be a positive number"),
+    ("lr_id_zero", "ETEGRec", ["--lr_id=0"], "'lr_id' from the command line must be a positive number"),
+    ("learning_rate_negative", "SASRec", ["--learning_rate=-1"], "'learning_rate' from the command line must be"),
+    ("train_batch_zero", "ETEGRec", ["--train_batch_size=0"], "'train_batch_size' from the command line must be"),
+    ("eval_batch_zero", "TIGER", ["--eval_batch_size=0"], "'eval_batch_size' from the command line must be"),
+    ("debug_samples_zero", "SASRec", ["--debug", "--debug_samples", "0"], "'debug_samples' from config_dict must be"),
+    ("max_len_zero", "SASRec", ["--MAX_ITEM_LIST_LENGTH=0"], "'MAX_ITEM_LIST_LENGTH' from the command line must be"),
+    ("cycle_zero", "ETEGRec", ["--cycle=0"], "'cycle' from the command line must be a positive integer"),
+    ("warm_negative", "ETEGRec", ["--warm_epoch=-1"], "'warm_epoch' from the command line must be >= 0"),
+    ("tau_zero", "ETEGRec", ["--tau=0"], "'tau' from the command line must be a positive number"),
+    ("dropout_above_1", "TIGER", ["--dropout_rate=1.5"], "'dropout_rate' from the command line must be a probability"),
+    ("precision_unknown", "ETEGRec", ["--precision=fp64"], "'precision' from the command line must be one of"),
+    ("emb_source_unknown", "TIGER", ["--item_emb_source=web"], "'item_emb_source' from the command line must be one of"),
+    ("optimizer_unknown", "ETEGRec", ["--optimizer=sgd"], "'optimizer' from the command line must be adamw or adamw8bit"),
+    ("scheduler_unknown", "TIGER", ["--lr_scheduler=linear"], "'lr_scheduler' from the command line must be one of"),
+    ("eval_step_negative", "SASRec", ["--eval_step=-1"], "'eval_step' from the command line must be >= 0"),
+    # typos: unknown keys name the closest known key
+    ("typo_num_beam", "ETEGRec", ["--num_beam=1"], "unknown config key 'num_beam' from the command line: did you mean 'num_beams'?"),
+    ("typo_lr_recc", "ETEGRec", ["--lr_recc=5.0"], "unknown config key 'lr_recc' from the command line: did you mean 'lr_rec'?"),
+    ("typo_in_yaml", "ETEGRec", ["--config_files={typo_yaml}"], "unknown config key 'num_beam' from config file"),
+    ("typo_tiger_layers", "TIGER", ["--num_layer=2"], "unknown config key 'num_layer'"),
+    # command line, files, names
+    ("unknown_model", "SASRek", [], "unknown model 'SASRek'"),
+    ("stray_argument", "SASRec", ["oops"], "unrecognized argument 'oops'"),
+    ("missing_config_file", "SASRec", ["--config_files=/nonexistent/x.yaml"], "does not exist: check the --config_files"),
+    ("invalid_yaml", "SASRec", ["--config_files={broken_yaml}"], "broken.yaml' is not valid YAML (line 3)"),
+    ("yaml_not_mapping", "SASRec", ["--config_files={list_yaml}"], "must be a YAML mapping"),
+    ("llama_path_bert", "ETEGRec", ["--llama_path={bert_dir}"], "holds a 'bert' model, not LLaMA"),
+    ("llama_path_missing", "ETEGRec", ["--llama_path=/nonexistent/llama"], "no config.json"),
+    # data files
+    ("dataset_unknown", "Pop", ["--dataset", "nosuch", "--data_path={data}"], "unknown dataset 'nosuch'"),
+    ("dataset_no_inter", "Pop", ["--dataset", "nointer", "--data_path={data}"], "has no 'nointer.inter'"),
+    ("inter_empty", "Pop", ["--dataset", "empty", "--data_path={data}"], "empty.inter is empty"),
+    ("inter_header_only", "Pop", ["--dataset", "headeronly", "--data_path={data}"], "has a header but no interactions"),
+    ("inter_not_utf8", "Pop", ["--dataset", "latin1", "--data_path={data}"], "latin1.inter: line 3 is not UTF-8"),
+    ("inter_short_line", "Pop", ["--dataset", "short", "--data_path={data}"], "short.inter: line 3 has 2 fields"),
+    ("inter_not_number", "Pop", ["--dataset", "nonnum", "--data_path={data}"], "column 'timestamp:float' holds 'yesterday'"),
+    ("inter_bad_header", "Pop", ["--dataset", "badheader", "--data_path={data}"], "header column 'user_id' must look like"),
+    # item embeddings and tokenizer
+    ("emb_nan", "ETEGRec", ["--item_emb_file={nan_npy}"], "hold NaN/inf in 1 rows (e.g. rows [5])"),
+    ("emb_inf", "TIGER", ["--item_emb_file={inf_npy}"], "hold NaN/inf in 1 rows (e.g. rows [7])"),
+    ("emb_identical", "TIGER", ["--item_emb_file={same_npy}"], "items share one identical embedding"),
+    ("emb_wrong_shape", "ETEGRec", ["--item_emb_file={short_npy}"], "have shape (10, 16)"),
+    ("emb_not_npy", "ETEGRec", ["--item_emb_file={garbage}"], "is not a readable .npy array"),
+    ("emb_missing", "ETEGRec", ["--item_emb_file=/nonexistent/e.npy"], "item_emb_file '/nonexistent/e.npy' does not exist"),
+    ("tokenizer_path_garbage", "TIGER", ["--tokenizer_path={garbage}"], "cannot be read (UnpicklingError)"),
+    # resume files
+    ("resume_missing", "ETEGRec", ["--resume_file=/nonexistent/x.pth"], "resume_file '/nonexistent/x.pth' does not exist"),
+    ("resume_random_bytes", "ETEGRec", ["--resume_file={garbage}"], "cannot be read"),
+    ("resume_truncated", "ETEGRec", ["--resume_file={truncated}"], "it is truncated or not a checkpoint"),
+    ("resume_other_model", "ETEGRec", ["--resume_file={sasrec_ckpt}"], "is a SASRec checkpoint, not ETEGRec"),
+    ("resume_other_size", "ETEGRec", ["--resume_file={etegrec_ckpt}", "--config_files={wide_llama}"],
+     "does not fit this model's size/settings (size mismatch"),
+    # output folders
+    ("checkpoint_dir_unwritable", "ETEGRec", ["--checkpoint_dir={unwritable}"], "checkpoint_dir '"),
+    ("benchmark_dir_unwritable", "SASRec", ["--model_list", "SASRec,Pop", "--benchmark_dir={unwritable}"],
+     "benchmark_dir '"),
+    # training that diverges: stopped with the learning rate named, best checkpoint kept
+    ("lr_rec_explodes", "ETEGRec", [*TRAIN, "--lr_rec=10"], "exploded"),
+    ("sasrec_lr_explodes", "SASRec", ["--learning_rate=10", "--epochs=3"], "(learning_rate=10): lower the learning rate"),
+]
+
+
+@pytest.fixture(scope="module")
+def artifacts(tiny_config_dict, tmp_path_factory):
+    """Files the rows point at: broken configs, data folders, embeddings, checkpoints."""
+    from recbole_etegrec.quick_start import run
+
+    tmp = tmp_path_factory.mktemp("bad")
+    tiny = {k: v for k, v in tiny_config_dict.items() if k != "checkpoint_dir"}
+    paths = {"tiny": tmp / "tiny.yaml", "odd_heads": tmp / "odd.yaml", "typo_yaml": tmp / "typo.yaml",
+             "broken_yaml": tmp / "broken.yaml", "list_yaml": tmp / "list.yaml", "wide_llama": tmp / "wide.yaml"}
+    paths["tiny"].write_text(yaml.safe_dump(tiny))
+    paths["odd_heads"].write_text(yaml.safe_dump({"llama_config": {**tiny["llama_config"], "hidden_size": 30,
+                                                                   "num_attention_heads": 4}}))
+    paths["wide_llama"].write_text(yaml.safe_dump({"llama_config": {**tiny["llama_config"], "hidden_size": 48}}))
+    paths["typo_yaml"].write_text("num_beam: 1\n")
+    paths["broken_yaml"].write_text("epochs: 1\nlearning_rate: [1, 2\n")
+    paths["list_yaml"].write_text("- epochs\n- 1\n")
+    (tmp / "bert").mkdir()
+    (tmp / "bert" / "config.json").write_text('{"model_type": "bert", "hidden_size": 32}')
+    paths["bert_dir"] = tmp / "bert"
+    data = tmp / "data"
+    paths["data"] = data
+    for name, content in {"empty": b"", "headeronly": HEADER.encode(), "latin1": (HEADER + "1\t2\t3\n1\tcaf\xe9\t4\n").encode("latin-1"),
+                          "short": (HEADER + "1\t2\t3\n1\t3\n").encode(), "nonnum": (HEADER + "1\t2\tyesterday\n").encode(),
+                          "badheader": b"user_id\titem_id\n1\t2\n"}.items():
+        (data / name).mkdir(parents=True)
+        (data / name / f"{name}.inter").write_bytes(content)
+    (data / "nointer").mkdir()
+    emb = np.random.default_rng(0).normal(size=(ML100K_ITEMS, 16)).astype(np.float32)
+    emb[0] = 0
+    for name, edit in {"nan_npy": (5, np.nan), "inf_npy": (7, np.inf)}.items():
+        bad = emb.copy()
+        bad[edit[0], 3] = edit[1]
+        np.save(tmp / f"{name}.npy", bad)
+        paths[name] = tmp / f"{name}.npy"
+    same = np.ones_like(emb)
+    same[0] = 0
+    np.save(tmp / "same.npy", same)
+    np.save(tmp / "short.npy", emb[:10])
+    paths.update(same_npy=tmp / "same.npy", short_npy=tmp / "short.npy")
+    paths["garbage"] = tmp / "garbage.bin"
+    paths["garbage"].write_bytes(os.urandom(4096))
+    (tmp / "afile").write_text("a file where a folder should be")
+    paths["unwritable"] = tmp / "afile" / "out"
+    saved = str(tmp / "saved")
+    sasrec = run("SASRec", "ml-100k", config_dict={**tiny, "epochs": 1, "checkpoint_dir": saved})
+    etegrec = run("ETEGRec", "ml-100k", config_dict={**tiny, "epochs": 1, "checkpoint_dir": saved,
+                                                     "cycle": 1, "finetune_epochs": 0, "debug_samples": 25})
+    paths.update(sasrec_ckpt=sasrec["saved_model_file"], etegrec_ckpt=etegrec["saved_model_file"])
+    paths["truncated"] = tmp / "truncated.pth"
+    whole = Path(etegrec["saved_model_file"]).read_bytes()
+    paths["truncated"].write_bytes(whole[: len(whole) // 2])
+    return {k: str(v) for k, v in paths.items()}
+
+
+def _args(model, extra, artifacts, checkpoint_dir):
+    flag = "--model_list" if "--model_list" in extra else "--model"
+    base = [] if flag == "--model_list" else ["--model", model]
+    return [*base, "--dataset", "ml-100k", "--config_files", artifacts["tiny"],
+            f"--checkpoint_dir={checkpoint_dir}", *[a.format(**artifacts) for a in extra]]
+
+
+def _fix_config_files(args):
+    """A row's own --config_files is layered after the tiny one (argparse keeps the last flag)."""
+    files = [args[i + 1] for i, a in enumerate(args) if a == "--config_files"]
+    own = [a.split("=", 1)[1] for a in args if a.startswith("--config_files=")]
+    rest = [a for i, a in enumerate(args) if a != "--config_files" and not a.startswith("--config_files=")
+            and (i == 0 or args[i - 1] != "--config_files")]
+    return [*rest, "--config_files", ",".join(files + own)]
+
+
+def _assert_no_partial_output(folder):
+    leftovers = glob.glob(os.path.join(folder, "**", ".*.tmp-*"), recursive=True)
+    assert not leftovers, leftovers
+    for path in glob.glob(os.path.join(folder, "**", "*.pth"), recursive=True):
+        torch.load(path, map_location="cpu", weights_only=False)  # every checkpoint left is complete
+
+
+def test_the_table_covers_enough_inputs():
+    assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("name,model,extra,fragment", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_error_line_and_exit_2(name, model, extra, fragment, artifacts, tmp_path, capfd):
+    checkpoint_dir = tmp_path / "saved"
+    args = _fix_config_files(_args(model, extra, artifacts, checkpoint_dir))
+    try:
+        code = run_recbole_etegrec.main(args)
+    except SystemExit as exit_:  # argparse's own usage errors
+        code = exit_.code
+    out, err = capfd.readouterr()
+    assert code == 2, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and fragment in errors[0], err[-3000:]
+    assert "Traceback" not in out + err
+    if os.path.isdir(checkpoint_dir):
+        _assert_no_partial_output(str(checkpoint_dir))
+    if name == "lr_rec_explodes":  # epoch 0 was validated: its best checkpoint is kept, complete
+        assert glob.glob(os.path.join(checkpoint_dir, f"{model}-*.pth"))
+
+
+@pytest.mark.parametrize("name", ["typo_num_beam", "inter_header_only", "checkpoint_dir_unwritable"])
+def test_real_script_runs(name, artifacts, tmp_path):
+    _, model, extra, fragment = next(c for c in CASES if c[0] == name)
+    args = _fix_config_files(_args(model, extra, artifacts, tmp_path / "saved"))
+    proc = subprocess.run([sys.executable, str(ROOT / "run_recbole_etegrec.py"), *args], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=300,
+                          env={"RECBOLE_ETEGREC_NO_TCMALLOC": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and fragment in errors[0] and "Traceback" not in proc.stderr
+
+
+def test_nan_loss_is_one_error_line(artifacts, tmp_path, capfd, monkeypatch):
+    from recbole.model.sequential_recommender import SASRec
+
+    monkeypatch.setattr(SASRec, "calculate_loss", lambda self, inter: torch.tensor(float("nan"), requires_grad=True))
+    code = run_recbole_etegrec.main(_args("SASRec", [], artifacts, tmp_path / "saved"))
+    err = capfd.readouterr().err
+    assert code == 2 and "error: training loss is nan in epoch 0 (learning_rate=" in err and "Traceback" not in err
+
+
+def test_duplicated_interactions_are_counted_and_dropped(artifacts, tmp_path, caplog):
+    """200 duplicated lines: warned with their count, dropped, same metrics as the clean file."""
+    import recbole
+
+    from recbole_etegrec.quick_start import run
+
+    source = os.path.join(os.path.dirname(recbole.__file__), "dataset_example", "ml-100k", "ml-100k.inter")
+    lines = open(source, encoding="utf-8").read().splitlines(keepends=True)
+    results = {}
+    for name, body in {"clean": lines, "dup": lines + lines[1:201]}.items():
+        folder = tmp_path / name / "mlcopy"  # RecBole always reads "ml-100k" from its wheel
+        folder.mkdir(parents=True)
+        (folder / "mlcopy.inter").write_text("".join(body), encoding="utf-8")
+        caplog.clear()
+        results[name] = run("Pop", "mlcopy", config_dict={
+            "data_path": str(tmp_path / name), "state": "WARNING", "checkpoint_dir": str(tmp_path / "saved"),
+            "show_progress": False, "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+            "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"}})
+        warned = [r.getMessage() for r in caplog.records if "duplicated interactions" in r.getMessage()]
+        assert warned == ([] if name == "clean" else ["mlcopy.inter: 200 duplicated interactions (equal in every "
+                                                       "loaded column) dropped, the first of each kept"])
+    assert results["dup"]["test_result"] == results["clean"]["test_result"]
+
+
+def test_corrupt_tokenizer_cache_is_rebuilt(tiny_config_dict, tmp_path, caplog):
+    from conftest import build
+
+    from recbole_etegrec.tokenizer.pretrain import load_or_pretrain, load_tokenizer, tokenizer_cache_path
+
+    config, (train, _, _) = build("TIGER", {**tiny_config_dict, "checkpoint_dir": str(tmp_path)})
+    first = load_or_pretrain(config, train._dataset)
+    path = tokenizer_cache_path(config)
+    Path(path).write_bytes(Path(path).read_bytes()[:100])  # a truncated cache
+    again = load_or_pretrain(config, train._dataset)
+    assert any("is unusable" in r.getMessage() for r in caplog.records)
+    assert torch.equal(again.code_table.codes, first.code_table.codes)
+    load_tokenizer(path)  # rewritten whole
+
+
+def test_corrupt_embedding_cache_is_rebuilt(tmp_path, monkeypatch, caplog):
+    from recbole_etegrec.tokenizer import embeddings
+
+    cache = tmp_path / "item_emb" / "x.npy"
+    cache.parent.mkdir()
+    cache.write_bytes(b"\x93NUMPY garbage")
+    fresh = torch.randn(5, 4)
+    monkeypatch.setattr(embeddings, "embedding_cache_path", lambda config: str(cache))
+    monkeypatch.setattr(embeddings, "_sasrec_embeddings", lambda config, dataset: fresh.clone())
+    dataset = type("D", (), {"item_num": 5})()
+    emb = embeddings.load_item_embeddings({"item_emb_source": "sasrec"}, dataset)
+    assert any("unreadable" in r.getMessage() for r in caplog.records)
+    assert torch.equal(torch.from_numpy(np.load(cache)), emb) and emb[0].abs().sum() == 0

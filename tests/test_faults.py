@@ -1,0 +1,138 @@
+"""Fault tests: kill -9 during a checkpoint save, kill -9 mid-epoch then resume, cache miss vs hit.
+
+The killed runs are real subprocesses that SIGKILL themselves at a fixed point (deterministic,
+unlike a timer): ``python tests/test_faults.py WORKER_MODE CONFIG_JSON``.
+"""
+import glob
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {"RECBOLE_ETEGREC_NO_TCMALLOC": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": str(ROOT)}
+
+
+def _worker(mode, config_dict):
+    """Runs in the subprocess: one run that kills itself at the fault point."""
+    from recbole_etegrec import io as plugin_io
+    from recbole_etegrec.quick_start import run
+    from recbole_etegrec.trainer.checkpoint import ResumableTrainerMixin
+
+    torch.set_num_threads(1)
+    if mode == "kill_in_save":  # the 2nd `last` save writes half its bytes, then kill -9
+        saves = {"n": 0}
+        real_save = torch.save
+
+        def half_save(obj, f, **kwargs):
+            if f"-last.pth{plugin_io.TMP_TAG}" in str(getattr(f, "name", "")):
+                saves["n"] += 1
+            if saves["n"] < 2:
+                return real_save(obj, f, **kwargs)
+            buffer = io.BytesIO()
+            real_save(obj, buffer, **kwargs)
+            f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+            f.flush()
+            os.fsync(f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        torch.save = half_save
+    elif mode == "kill_mid_epoch":  # the 2nd batch of epoch 2, after the `last` of epoch 1
+        check = ResumableTrainerMixin._check_nan
+        batches = {"n": 0}
+
+        def killing_check(self, loss):
+            if self._epoch_idx == 2:
+                batches["n"] += 1
+                if batches["n"] == 2:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return check(self, loss)
+
+        ResumableTrainerMixin._check_nan = killing_check
+    model = config_dict.pop("model")
+    run(model, "ml-100k", config_dict=config_dict)
+
+
+def _killed_run(model, config_dict, mode):
+    proc = subprocess.run([sys.executable, __file__, mode, json.dumps({**config_dict, "model": model})],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600, env=ENV)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the killed subprocess runs on one thread: same float sums
+    yield
+    torch.set_num_threads(threads)
+
+
+def _last_file(folder, model):
+    files = glob.glob(os.path.join(folder, f"{model}-*-last.pth"))
+    assert len(files) == 1, files
+    return files[0]
+
+
+def _state(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_kill_during_checkpoint_save_keeps_the_previous_one(tmp_path):
+    from recbole_etegrec.io import remove_stale_tmp
+    from recbole_etegrec.quick_start import run
+
+    folder = str(tmp_path / "saved")
+    sasrec = {"checkpoint_dir": folder, "debug": True, "debug_samples": 40, "show_progress": False,
+              "epochs": 3, "hidden_size": 16, "inner_size": 32, "state": "WARNING"}
+    _killed_run("SASRec", sasrec, "kill_in_save")
+    last = _last_file(folder, "SASRec")
+    stale = glob.glob(os.path.join(folder, ".*.tmp-*"))
+    assert stale and os.path.getsize(stale[0]) > 0  # the kill really hit a half-written file
+    checkpoint = _state(last)
+    assert checkpoint["epoch"] == 0 and checkpoint["last"]  # the previous checkpoint, intact
+    assert remove_stale_tmp(folder) == stale and not glob.glob(os.path.join(folder, ".*.tmp-*"))
+    result = run("SASRec", "ml-100k", config_dict={**sasrec, "resume_file": last})  # and it resumes
+    assert _state(last)["epoch"] == 2 and result["test_result"]
+
+
+def test_kill_mid_epoch_then_resume_equals_uninterrupted_run(tiny_config_dict, tmp_path, one_thread):
+    """ETEGRec, 4 epochs (tokenizer 0, recommender 1, tokenizer 2, fine-tune 3), killed in epoch 2;
+    also: the uninterrupted run missed the tokenizer cache, a rerun hits it, both identical."""
+    from recbole_etegrec.quick_start import run
+
+    tiny = {**tiny_config_dict, "epochs": 4, "cycle": 2, "warm_epoch": 0, "finetune_epochs": 1,
+            "debug_samples": 25}
+    full_dir, killed_dir = str(tmp_path / "full"), str(tmp_path / "killed")
+    uninterrupted = run("ETEGRec", "ml-100k", config_dict={**tiny, "checkpoint_dir": full_dir})
+    full_last = _state(_last_file(full_dir, "ETEGRec"))
+
+    _killed_run("ETEGRec", {**tiny, "checkpoint_dir": killed_dir}, "kill_mid_epoch")
+    last = _last_file(killed_dir, "ETEGRec")
+    assert _state(last)["epoch"] == 1  # epoch 2 was under way
+    resumed = run("ETEGRec", "ml-100k", config_dict={**tiny, "checkpoint_dir": killed_dir, "resume_file": last})
+    resumed_last = _state(last)
+    assert resumed_last["epoch"] == 3 and resumed_last["finished"]
+    for name, tensor in full_last["state_dict"].items():
+        assert torch.equal(tensor, resumed_last["state_dict"][name]), name
+    assert resumed["test_result"] == uninterrupted["test_result"]
+    assert resumed["best_valid_score"] == uninterrupted["best_valid_score"]
+
+    cache_hit = run("ETEGRec", "ml-100k", config_dict={**tiny, "checkpoint_dir": full_dir})
+    assert cache_hit["test_result"] == uninterrupted["test_result"]
+    hit_last = _state(sorted(glob.glob(os.path.join(full_dir, "ETEGRec-*-last.pth")), key=os.path.getmtime)[-1])
+    for name, tensor in full_last["state_dict"].items():
+        assert torch.equal(tensor, hit_last["state_dict"][name]), name
+    print("\nuninterrupted", uninterrupted["best_valid_score"], uninterrupted["test_result"],
+          "\nresumed", resumed["best_valid_score"], resumed["test_result"],
+          "\ncache hit", cache_hit["test_result"])
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1], json.loads(sys.argv[2]))
