@@ -115,13 +115,14 @@ def test_rerun_gives_identical_files_and_leaves_no_temp_files(tmp_path):
     second = prepare(src, "Toy", out)
     assert second == first
     assert {p: Path(p).read_bytes() for p in before} == before
-    assert sorted(p.name for p in (out / "Toy").iterdir()) == ["Toy.inter", "Toy.item"]
+    assert sorted(p.name for p in (out / "Toy").iterdir()) == ["Toy.inter", "Toy.item", "Toy.yaml"]
 
 
 def test_main_prints_summary(tmp_path, capsys):
     assert main([str(write_lcrec(tmp_path / "src")), "--name", "Toy", "--out", str(tmp_path / "o")]) == 0
     printed = capsys.readouterr().out
     assert "3 users, 4 items, 9 interactions" in printed and "Toy.inter" in printed
+    assert "Toy.yaml (item_emb_source: text; evaluation protocol: properties/protocol.yaml)" in printed
 
 
 def _broken_sources(tmp_path):
@@ -164,3 +165,52 @@ def test_real_scientific_counts(tmp_path):
     stats = prepare(SHARED_DATA / "Scientific", "Scientific", out=tmp_path)
     assert (stats["users"], stats["items"], stats["interactions"]) == (8317, 4344, 58492)
     assert len(lines(stats["item_path"])) == 4344 + 1
+
+
+# -- a freshly prepared dataset runs under the project's protocol, with no hand-written YAML ----
+PROTOCOL = {"MAX_ITEM_LIST_LENGTH": 20, "topk": [5, 10], "metrics": ["Recall", "NDCG"],
+            "valid_metric": "NDCG@10"}
+
+
+def _config(model, name, out, **extra):
+    from recbole_etegrec.config import Config
+
+    return Config(model=model, dataset=name, config_dict={"data_path": str(out), **extra})
+
+
+@pytest.mark.parametrize("text, source", [(True, "text"), (False, "sasrec")])
+def test_prepared_dataset_gets_the_protocol_and_its_item_emb_source(tmp_path, text, source):
+    out = tmp_path / "out"
+    stats = prepare(write_lcrec(tmp_path / "src", text=text), "Toy", out)
+    assert stats["item_emb_source"] == source
+    config = _config("ETEGRec", "Toy", out)
+    assert {k: config[k] for k in PROTOCOL} == PROTOCOL
+    assert config["eval_args"]["split"] == {"LS": "valid_and_test"}
+    assert config["eval_args"]["order"] == "TO" and config["eval_args"]["mode"] == {"valid": "full", "test": "full"}
+    assert "timestamp" in config["load_col"]["inter"]
+    assert config["item_emb_source"] == source
+    assert config["protocol_file"].endswith(str(Path("properties") / "protocol.yaml"))
+    assert config["dataset_config_file"] == str(out / "Toy" / "Toy.yaml")
+    assert "protocol.yaml" in str(config) and "Toy.yaml" in str(config)  # the run's log names them
+    assert _config("ETEGRec", "Toy", out, item_emb_source="file")["item_emb_source"] == "file"  # user wins
+
+
+def test_shipped_datasets_keep_their_property_file():
+    from recbole_etegrec.config import Config
+
+    config = Config(model="SASRec", dataset="ml-100k")
+    assert config["protocol_file"].endswith(str(Path("properties") / "dataset" / "ml-100k.yaml"))
+    assert config["dataset_config_file"] is None
+
+
+def test_sasrec_runs_on_a_prepared_dataset_with_the_protocol_metrics(tmp_path):
+    from recbole_etegrec.quick_start import run
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()  # 40 users over 30 items: enough items for R/N@10
+    seqs = {str(u): [(u * 7 + k * 3) % 30 for k in range(6)] for u in range(40)}
+    (src / "Toy.inter.json").write_text(json.dumps(seqs))
+    prepare(src, "Toy", out)
+    result = run("SASRec", "Toy", config_dict={"data_path": str(out), "epochs": 1, "show_progress": False,
+                                               "state": "WARNING", "checkpoint_dir": str(tmp_path / "saved")})
+    assert set(result["test_result"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}

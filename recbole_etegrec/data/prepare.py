@@ -20,8 +20,13 @@ The source kind is detected from what SOURCE (a folder, or one file in it) holds
 Items are written as ASINs when the source names them, users as reviewerIDs; otherwise the source
 indices are the tokens. Text is made safe for RecBole's reader (pandas CSV): tabs/newlines become
 spaces, ``"`` becomes ``''`` (a leading quote would start a quoted field), each category becomes one
-token (spaces -> ``_``). Both files are written to temp files next to the targets and moved into
+token (spaces -> ``_``). All files are written to temp files next to the targets and moved into
 place with ``os.replace``, so a rerun overwrites cleanly and a failure never leaves half a file.
+
+A third file, ``NAME.yaml``, holds the dataset's own settings (``item_emb_source``: ``text`` when
+the .item file has text, else ``sasrec``); the plugin's Config reads it after the project's
+evaluation protocol ``properties/protocol.yaml`` (leave-one-out by time, full ranking, R/N@5,10,
+history 20), so ``--dataset NAME`` runs under the README's protocol without hand-written YAML.
 """
 import argparse
 import ast
@@ -225,7 +230,8 @@ def _write_all(files):
 
 
 def prepare(source, name, out="dataset", kcore=5):
-    """Convert SOURCE into ``OUT/NAME/NAME.inter`` (+ ``.item`` when there is item text)."""
+    """Convert SOURCE into ``OUT/NAME/NAME.inter`` (+ ``.item`` when there is item text) and
+    ``OUT/NAME/NAME.yaml`` (``item_emb_source``: ``text`` when there is item text, else ``sasrec``)."""
     if not name or name in (".", "..") or "/" in name or "\\" in name:
         raise EtegrecError(f"--name '{name}' must be a plain dataset name such as Instruments")
     if kcore < 1:
@@ -236,11 +242,14 @@ def prepare(source, name, out="dataset", kcore=5):
         raise EtegrecError(f"{path}: no interactions found; check the source")
     folder = Path(out) / name
     inter_path, item_path = folder / f"{name}.inter", folder / f"{name}.item"
+    config_path = folder / f"{name}.yaml"
     files = {inter_path: ["\t".join(INTER_HEADER)] + [f"{u}\t{i}\t{t}" for u, i, t in rows]}
     if text is not None:
         files[item_path] = ["\t".join(ITEM_HEADER)] + [
             "\t".join([token] + [row[h.split(":")[0]] for h in ITEM_HEADER[1:]])
             for token, row in text.items()]
+    has_text = text is not None and any(any(row.values()) for row in text.values())
+    files[config_path] = dataset_config_lines(name, has_text)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -250,7 +259,20 @@ def prepare(source, name, out="dataset", kcore=5):
         item_path.unlink()  # a stale .item from an earlier source would not match the new items
     return {"users": len({r[0] for r in rows}), "items": len({r[1] for r in rows}),
             "interactions": len(rows), "inter_path": str(inter_path),
-            "item_path": str(item_path) if text is not None else None}
+            "item_path": str(item_path) if text is not None else None,
+            "config_path": str(config_path), "item_emb_source": "text" if has_text else "sasrec"}
+
+
+def dataset_config_lines(name, has_text):
+    """``<name>.yaml`` beside the atomic files: the dataset's own settings, read by the plugin's
+    Config after the evaluation protocol (``properties/protocol.yaml``), so a prepared dataset runs
+    under the project's protocol with the right tokenizer input and no hand-written YAML."""
+    source = ("text           # (str) The .item file has item text: MiniLM embeddings of text_fields."
+              if has_text else
+              "sasrec         # (str) No item text: embeddings of a SASRec trained on the training split.")
+    return [f"# {name}: written by `python -m recbole_etegrec.data.prepare`; read by recbole_etegrec's Config",
+            "# after properties/protocol.yaml. --config_files and --key=value still override it.",
+            f"item_emb_source: {source}"]
 
 
 def main(argv=None):
@@ -270,6 +292,8 @@ def main(argv=None):
     print(f"  wrote {stats['inter_path']}")
     print(f"  wrote {stats['item_path']}" if stats["item_path"] else
           "  no item text in the source: no .item file written")
+    print(f"  wrote {stats['config_path']} (item_emb_source: {stats['item_emb_source']}; "
+          "evaluation protocol: properties/protocol.yaml)")
     return 0
 
 

@@ -1,0 +1,126 @@
+"""Using a trained checkpoint: ``recommend`` by user and by item tokens, unknown tokens, the
+plugin's ``load_data_and_model`` + RecBole's ``full_sort_topk`` parity, loading without retraining.
+
+One tiny ETEGRec and one tiny TIGER are trained for one epoch (module fixtures) and reused."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from recbole.utils.case_study import full_sort_topk
+
+from recbole_etegrec import inference
+from recbole_etegrec.quick_start import run
+from recbole_etegrec.recommend import main, recommend
+from tests.test_tiger import TINY_T5
+
+ETEGREC = {"epochs": 1, "cycle": 1, "finetune_epochs": 0, "warm_epoch": 1, "debug_samples": 25}
+TIGER = {**TINY_T5, "epochs": 1, "debug_samples": 25, "MAX_ITEM_LIST_LENGTH": 5}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_config_dict):
+    """{model: checkpoint path} after one epoch each (the tokenizer cache lives in tmp)."""
+    out = {}
+    for model, extra in (("ETEGRec", ETEGREC), ("TIGER", TIGER)):
+        result = run(model, "ml-100k", config_dict={**tiny_config_dict, **extra}, evaluate_test=False)
+        out[model] = result["saved_model_file"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoints):
+    return {m: inference.load_data_and_model(path, state="warning") for m, path in checkpoints.items()}
+
+
+def test_plugin_load_path_matches_recbole_full_sort_topk(loaded):
+    """RecBole's case-study API on the plugin's load_data_and_model == recommend() on the same history."""
+    for name, (config, model, dataset, _, _, test_data) in loaded.items():
+        feat = test_data.dataset.inter_feat
+        uid, lists, lengths = feat["user_id"], feat["item_id_list"], feat["item_length"]
+        for row in range(3):
+            scores, items = full_sort_topk([int(uid[row])], model, test_data, k=5, device=config["device"])
+            history = [int(i) for i in lists[row, : int(lengths[row])]]
+            ours = recommend(model, config, history, topk=5)
+            assert [i for i, _ in ours] == items[0].tolist(), name
+            assert torch.allclose(torch.tensor([s for _, s in ours]), scores[0].float()), name
+            assert all(torch.isfinite(scores[0])), name  # 5 <= num_beams: all are real beams
+
+
+def test_recommend_by_user_json_uses_the_whole_history(checkpoints, loaded, capsys):
+    config, _, dataset, _, _, test_data = loaded["ETEGRec"]
+    feat = test_data.dataset.inter_feat
+    uid = int(feat["user_id"][0])
+    user = dataset.field2id_token["user_id"][uid]
+    assert main(["--checkpoint", checkpoints["ETEGRec"], "--user", user, "--json", "--topk", "10"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    to_token = dataset.field2id_token["item_id"]
+    test_history = [to_token[i] for i in feat["item_id_list"][0, : int(feat["item_length"][0])]]
+    # all interactions: the test split's history followed by the test target itself
+    assert result["history"][-1] == to_token[int(feat["item_id"][0])]
+    assert result["history"][:-1] == test_history[len(test_history) - (len(result["history"]) - 1):]
+    assert len(result["history"]) == min(result["history_length"], config["MAX_ITEM_LIST_LENGTH"])
+    recs = result["recommendations"]
+    assert [r["rank"] for r in recs] == list(range(1, 11))
+    assert len({r["item"] for r in recs}) == 10 and all(r["item"] in to_token for r in recs)
+    assert all(a["score"] >= b["score"] for a, b in zip(recs, recs[1:]))
+    assert all(r["title"] for r in recs)  # ml-100k's .item has movie_title
+
+
+def test_recommend_by_items_table_and_exclude_history(checkpoints, loaded, capsys):
+    config, model, dataset, *_ = loaded["TIGER"]
+    tokens = ["242", "302", "377"]
+    assert main(["--checkpoint", checkpoints["TIGER"], "--items", ",".join(tokens), "--topk", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "TIGER on ml-100k: top 4 for the given items" in lines[0] and lines[1].split()[:3] == ["rank", "item", "score"]
+    ids = [int(i) for i in dataset.token2id("item_id", tokens)]
+    expected = recommend(model, config, ids, topk=4)
+    assert [line.split()[1] for line in lines[2:]] == [dataset.field2id_token["item_id"][i] for i, _ in expected]
+    kept = recommend(model, config, ids, topk=10, exclude_history=True)
+    assert len(kept) == 10 and not set(ids) & {i for i, _ in kept}
+
+
+def test_unknown_item_tokens_error_or_skip(checkpoints, capsys):
+    path = checkpoints["ETEGRec"]
+    assert main(["--checkpoint", path, "--items", "242,NOPE1,302,NOPE2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: unknown item token(s) NOPE1, NOPE2")
+    assert "--skip_unknown" in err[0]
+    assert main(["--checkpoint", path, "--items", "242,NOPE1,302", "--skip_unknown", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped unknown item token(s) NOPE1" in captured.err
+    result = json.loads(captured.out)
+    assert result["skipped"] == ["NOPE1"] and result["history"] == ["242", "302"]
+    assert main(["--checkpoint", path, "--user", "no-such-user"]) == 2
+    assert "unknown user 'no-such-user'" in capsys.readouterr().err
+
+
+def test_loading_without_the_tokenizer_cache_never_retrains(checkpoints, loaded, tmp_path, monkeypatch):
+    """A checkpoint moved away from its tokenizer cache: the tokenizer comes from the checkpoint."""
+    import recbole_etegrec.tokenizer.pretrain as pretrain
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("inference must not pretrain a tokenizer")
+
+    monkeypatch.setattr(pretrain, "embed_and_pretrain", no_training)
+    for name, path in checkpoints.items():
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint["config"]["checkpoint_dir"] = str(tmp_path / f"elsewhere-{name}")
+        moved = tmp_path / f"{name}.pth"
+        torch.save(checkpoint, moved)
+        config, model, *_ = inference.load_data_and_model(str(moved), state="error")
+        assert not (tmp_path / f"elsewhere-{name}").exists()
+        ref_config, ref_model, *_ = loaded[name]
+        assert torch.equal(model.code_table.codes, ref_model.code_table.codes)
+        assert recommend(model, config, [5, 7, 9], topk=5) == recommend(ref_model, ref_config, [5, 7, 9], topk=5)
+
+
+def test_cli_missing_checkpoint_is_one_error_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "recbole_etegrec.recommend", "--checkpoint",
+                             str(tmp_path / "nope.pth"), "--user", "1"],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: checkpoint '{tmp_path / 'nope.pth'}' does not exist: pass a file a training run wrote "
+        "(saved/<Model>-<time>.pth)"]
