@@ -40,7 +40,13 @@ def user_history(dataset, user_token: str) -> List[int]:
     rows = (feat[uid_field] == uid).nonzero(as_tuple=True)[0]
     if time_field and time_field in feat:
         rows = rows[torch.sort(feat[time_field][rows], stable=True).indices]
-    return [int(i) for i in feat[iid_field][rows]]
+    items = [int(i) for i in feat[iid_field][rows]]
+    list_field = iid_field + dataset.config["LIST_SUFFIX"]
+    if list_field in feat and len(rows):
+        # a built sequential dataset holds one row per target: the user's first item is never a
+        # target, only the first history of the first row
+        items.insert(0, int(feat[list_field][rows[0]][0]))
+    return items
 
 
 def item_ids(dataset, tokens: Sequence[str], skip_unknown: bool = False) -> Tuple[List[int], List[str]]:

@@ -3,6 +3,7 @@ plugin's ``load_data_and_model`` + RecBole's ``full_sort_topk`` parity, loading 
 
 One tiny ETEGRec and one tiny TIGER are trained for one epoch (module fixtures) and reused."""
 import json
+import os
 import subprocess
 import sys
 
@@ -61,6 +62,10 @@ def test_recommend_by_user_json_uses_the_whole_history(checkpoints, loaded, caps
     assert result["history"][-1] == to_token[int(feat["item_id"][0])]
     assert result["history"][:-1] == test_history[len(test_history) - (len(result["history"]) - 1):]
     assert len(result["history"]) == min(result["history_length"], config["MAX_ITEM_LIST_LENGTH"])
+    # every interaction counts, the user's first item (never a training target) included
+    raw = os.path.join(config["data_path"], f"{config['dataset']}.inter")
+    with open(raw) as f:
+        assert result["history_length"] == sum(line.split("\t")[0] == user for line in f)
     recs = result["recommendations"]
     assert [r["rank"] for r in recs] == list(range(1, 11))
     assert len({r["item"] for r in recs}) == 10 and all(r["item"] in to_token for r in recs)
