@@ -20,32 +20,11 @@ def tmp_name(path):
 
 
 @contextmanager
-def atomic_write(path, mode="wb", **open_kwargs):
-    """``with atomic_write(p, "w") as f: f.write(...)``; ``p`` appears only once complete."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = tmp_name(path)
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with open(tmp, mode, **open_kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        _discard(tmp)
-        raise EtegrecError(f"cannot write '{path}' ({err.strerror or err}): make '{folder}' writable "
-                           "or choose another folder") from None
-    except BaseException:
-        _discard(tmp)
-        raise
-
-
-@contextmanager
 def atomic_path(path):
     """For writers that want a file name (``savefig``, ``torch.save``): yields the temporary path."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp = tmp_name(path)
-    root, ext = os.path.splitext(path)
+    ext = os.path.splitext(path)[1]
     tmp = tmp + ext  # some writers (matplotlib) pick the format from the extension
     try:
         os.makedirs(folder, exist_ok=True)
@@ -60,6 +39,15 @@ def atomic_path(path):
     except BaseException:
         _discard(tmp)
         raise
+
+
+@contextmanager
+def atomic_write(path, mode="wb", **open_kwargs):
+    """``with atomic_write(p, "w") as f: f.write(...)``; ``p`` appears only once complete."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
 
 
 def atomic_torch_save(obj, path, **kwargs):
