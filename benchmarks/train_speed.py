@@ -128,6 +128,8 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(HERE, "train_speed.md"))
     args, rest = parser.parse_known_args(argv)
     limit = args.max_batches
+    commit = provenance()  # the code that runs, before anything can be committed meanwhile
+    tcmalloc = "tcmalloc" in os.environ.get("LD_PRELOAD", "")
 
     config = Config(model="ETEGRec", dataset=args.dataset, config_dict=budget_for("ETEGRec", args.dataset),
                     cmd_args=rest + ["--show_progress=False"])
@@ -209,7 +211,8 @@ def main(argv=None):
         "",
         f"`python benchmarks/train_speed.py --dataset {args.dataset} {' '.join(sys.argv[1:] if argv is None else argv)}`".replace(
             f"--dataset {args.dataset} --dataset {args.dataset}", f"--dataset {args.dataset}"),
-        f"commit {provenance()}, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
+        f"commit {commit}, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
+        f"tcmalloc {'preloaded' if tcmalloc else 'not preloaded'}, "
         f"{torch.get_num_threads()} torch threads; models as in "
         + (f"properties/benchmark/{args.dataset}.yaml" if load_budget(args.dataset) else "the property files")
         + (f"; **every pass stopped after {limit} batches**" if limit else "; whole epochs"),
