@@ -22,12 +22,12 @@ from contextlib import contextmanager
 from logging import getLogger
 
 import torch
-from recbole.utils import init_logger, init_seed
+from recbole.utils import init_seed
 
 from recbole_etegrec import compat
-from recbole_etegrec.data import create_dataset, data_preparation
 from recbole_etegrec.data.dataloader import add_code_fields
 from recbole_etegrec.errors import EtegrecError
+from recbole_etegrec.quick_start import load_data
 from recbole_etegrec.utils import get_model
 
 _FIX_CHECKPOINT = "pass a file a training run wrote (saved/<Model>-<time>.pth)"
@@ -63,13 +63,7 @@ def load_data_and_model(model_file: str, state: str = None):
         config["device"] = torch.device("cpu")
     if state is not None:
         config["state"] = state
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    logger = getLogger()
-    logger.info(config)
-    dataset = create_dataset(config)
-    logger.info(dataset)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
+    dataset, train_data, valid_data, test_data = load_data(config)
 
     init_seed(config["seed"], config["reproducibility"])
     model_class = get_model(config["model"])
@@ -84,7 +78,7 @@ def load_data_and_model(model_file: str, state: str = None):
         for loader in (train_data, valid_data, test_data):  # one shared slot; set all for clarity
             loader.set_code_table(model.code_table.codes)
         enable_case_study(model, config)
-    logger.info(f"loaded {config['model']} from {model_file}")
+    getLogger().info(f"loaded {config['model']} from {model_file}")
     return config, model, dataset, train_data, valid_data, test_data
 
 

@@ -26,6 +26,18 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def load_data(config):
+    """Seed, logger and RecBole's split for ``config``: ``(dataset, train, valid, test)``, the
+    code models getting code-sequence loaders. Shared by training and checkpoint loading."""
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    return (dataset, *data_preparation(config, dataset))
+
+
 def run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None, saved=True,
         callback_fn=None, evaluate_test=True):
     """Train and evaluate one model; returns a dict of metrics, timings and sizes.
@@ -41,13 +53,8 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None, 
     if config["resume_file"] and not os.path.isfile(config["resume_file"]):
         raise EtegrecError(f"resume_file '{config['resume_file']}' does not exist: give a checkpoint "
                            "this model's trainer wrote (saved/<Model>-<time>.pth or its -last.pth)")
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    _, train_data, valid_data, test_data = load_data(config)
     logger = getLogger()
-    logger.info(config)
-    data = create_dataset(config)
-    logger.info(data)
-    train_data, valid_data, test_data = data_preparation(config, data)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     if config["device"].type == "cuda":
