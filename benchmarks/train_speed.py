@@ -209,8 +209,7 @@ def main(argv=None):
     header = [
         f"# Training and validation speed, {args.dataset}",
         "",
-        f"`python benchmarks/train_speed.py --dataset {args.dataset} {' '.join(sys.argv[1:] if argv is None else argv)}`".replace(
-            f"--dataset {args.dataset} --dataset {args.dataset}", f"--dataset {args.dataset}"),
+        f"`{' '.join(['python benchmarks/train_speed.py', *(sys.argv[1:] if argv is None else argv)])}`",
         f"commit {commit}, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
         f"tcmalloc {'preloaded' if tcmalloc else 'not preloaded'}, "
         f"{torch.get_num_threads()} torch threads; models as in "

@@ -53,8 +53,8 @@ def add_code_fields(interaction, codes, item_field, list_field, length_field, su
     target_item = interaction[item_field]
     target = codes[target_item]
     hist_len = longest * n_codes
-    if supervise == "all":  # every item after the first real one
-        mask = valid & (lengths > 0).unsqueeze(1)
+    if supervise == "all":  # boundary k is supervised when slot k holds a real item
+        mask = valid
     else:  # the target only
         mask = torch.zeros_like(valid)
         mask[:, -1] = lengths > 0
