@@ -32,7 +32,7 @@ _NON_NEGATIVE = ("warm_epoch", "finetune_epochs", "warmup_steps", "rqvae_ae_warm
                  "rqvae_weight_decay", "rqvae_beta", "id_vq_loss", "id_kl_loss", "id_dec_cl_loss",
                  "rec_code_loss", "rec_kl_loss", "rec_dec_cl_loss")
 _POSITIVE_FLOAT = ("learning_rate", "lr_rec", "lr_id", "lr_codebook", "rqvae_lr", "tau", "code_temperature")
-_PROBABILITY = ("lora_dropout", "rqvae_dropout", "dropout_rate", "hidden_dropout_prob", "attn_dropout_prob")
+_PROBABILITY = ("window_overlap", "lora_dropout", "rqvae_dropout", "dropout_rate", "hidden_dropout_prob", "attn_dropout_prob")
 _CHOICES = {
     "precision": ("fp32", "bf16", "fp16"),
     "item_emb_source": ("sasrec", "text", "file"),

@@ -75,23 +75,31 @@ def test_boundary_states_are_the_prefix_last_states(both_modes):
             assert int(items[k]) == int(one["item_id"][0])
 
 
-def test_windows_cover_every_training_target_once(tiny_config_dict):
-    """A history cap shorter than the users' sequences splits them into windows: the supervised
-    (user, item) pairs of sequence mode are exactly RecBole's prefix targets."""
-    config_dict = {**tiny_config_dict, "MAX_ITEM_LIST_LENGTH": 7}
+@pytest.mark.parametrize("overlap", [0.0, 0.5])
+def test_windows_cover_every_training_target_once(tiny_config_dict, overlap):
+    """A history cap shorter than the users' sequences splits them into windows (disjoint, or
+    overlapping by half): the supervised (user, item) pairs of sequence mode are exactly RecBole's
+    prefix targets, and with overlap every target after a user's first window has >= 3 items of
+    context (7 - stride 4)."""
+    config_dict = {**tiny_config_dict, "MAX_ITEM_LIST_LENGTH": 7, "window_overlap": overlap}
     _, (prefix, _, _) = build("ETEGRec", {**config_dict, "train_mode": "prefix"})
     _, (sequence, _, _) = build("ETEGRec", {**config_dict, "train_mode": "sequence"})
     codes = torch.zeros(prefix._dataset.item_num, 4, dtype=torch.long)
     sequence.set_code_table(codes)
     feat = prefix._dataset.inter_feat
     expected = Counter(zip(feat["user_id"].tolist(), feat["item_id"].tolist()))
-    got = Counter()
+    got, short_context = Counter(), 0
     for batch in sequence:
         mask = batch["boundary_mask"]
         users = batch["user_id"].unsqueeze(1).expand_as(mask)[mask]
         got.update(zip(users.tolist(), batch["boundary_items"][mask].tolist()))
+        slot = torch.arange(mask.shape[1]) - (mask.shape[1] - batch["item_length"].unsqueeze(1))  # context - 1
+        short_context += int((mask & (slot < 2) & (batch["item_length"] == 7).unsqueeze(1)).sum())
     assert got == expected
-    assert len(sequence._dataset) < len(prefix._dataset) / 5  # one row per window, not per target
+    rows = len(sequence._dataset)
+    assert rows < len(prefix._dataset) / (5 if overlap == 0 else 3)  # one row per window, not per target
+    if overlap:  # full windows (7 items) train no target with fewer than 3 items of context
+        assert short_context == 0
 
 
 def test_length_grouping_yields_every_sample_once_and_pads_little():

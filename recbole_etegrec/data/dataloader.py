@@ -55,6 +55,8 @@ def add_code_fields(interaction, codes, item_field, list_field, length_field, su
     hist_len = longest * n_codes
     if supervise == "all":  # boundary k is supervised when slot k holds a real item
         mask = valid
+        if SUPERVISED_FIELD in interaction:  # overlapping windows: only the row's own targets
+            mask = mask & (torch.arange(longest) >= longest - interaction[SUPERVISED_FIELD].unsqueeze(1))
     else:  # the target only
         mask = torch.zeros_like(valid)
         mask[:, -1] = lengths > 0
@@ -72,14 +74,25 @@ def add_code_fields(interaction, codes, item_field, list_field, length_field, su
     return interaction
 
 
-def sequence_rows(dataset, max_len):
-    """Indices of RecBole's prefix samples that, together, hold every training target once.
+SUPERVISED_FIELD = "supervised_targets"  # sequence rows: how many of the row's last boundaries are trained
+
+
+def sequence_rows(dataset, max_len, stride=None):
+    """RecBole's prefix samples that, together, hold every training target once:
+    ``(row indices, supervised targets per row)``.
 
     RecBole's sequential dataset has one row per (history <= ``max_len`` items, target), in time
-    order within each user. The row of a user's last target holds the last ``max_len + 1`` items;
-    stepping back ``max_len`` targets at a time gives windows that share one context item and
-    whose targets are disjoint and cover every target of the user.
+    order within each user; a row ends in its target and holds up to ``max_len`` targets (its
+    history items are the earlier ones). Rows are taken from each user's last target backwards,
+    every ``stride`` targets (``max_len``: disjoint windows). Each row trains its last ``stride``
+    targets (the earlier ones belong to the row before it, which sees them with more context);
+    a user's earliest row trains all of its targets. So every target is trained exactly once,
+    and with ``stride < max_len`` every target but the first ``stride`` of a user has at least
+    ``max_len - stride`` items of context.
     """
+    stride = max_len if stride is None else stride
+    if not 1 <= stride <= max_len:
+        raise ValueError(f"stride must be in 1..{max_len}, got {stride}")
     uid = dataset.inter_feat[dataset.uid_field].numpy()
     n = len(uid)
     order = np.argsort(uid, kind="stable")  # stable: keeps each user's rows in time order
@@ -90,7 +103,16 @@ def sequence_rows(dataset, max_len):
     sizes = np.diff(np.append(first, n))
     rank = np.arange(n) - np.repeat(first, sizes)  # position of the row within its user
     from_end = np.repeat(sizes, sizes) - 1 - rank
-    return np.sort(order[from_end % max_len == 0])
+    chosen = from_end % stride == 0
+    earliest = from_end + stride > np.repeat(sizes, sizes) - 1  # no chosen row before it
+    supervised = np.where(earliest, max_len, stride)
+    keep = np.argsort(order[chosen], kind="stable")
+    return order[chosen][keep], supervised[chosen][keep]
+
+
+def window_stride(max_len, overlap):
+    """Targets between consecutive windows for a ``window_overlap`` fraction (0: disjoint)."""
+    return max(1, min(max_len, round(max_len * (1.0 - overlap))))
 
 
 class LengthGroupedBatches(torch.utils.data.Sampler):
@@ -172,7 +194,10 @@ class CodeSeqTrainDataLoader(_CodeSeqMixin, TrainDataLoader, _LengthGroupedDataL
 
     def __init__(self, config, dataset, sampler, shuffle=False, slot=None, train_mode="prefix"):
         if train_mode == "sequence":
-            dataset = dataset.copy(dataset.inter_feat[sequence_rows(dataset, config["MAX_ITEM_LIST_LENGTH"])])
+            max_len = config["MAX_ITEM_LIST_LENGTH"]
+            rows, supervised = sequence_rows(dataset, max_len, window_stride(max_len, config["window_overlap"]))
+            dataset = dataset.copy(dataset.inter_feat[rows])
+            dataset.inter_feat.interaction[SUPERVISED_FIELD] = torch.as_tensor(supervised, dtype=torch.long)
         super().__init__(config, dataset, sampler, shuffle=shuffle)
         self.train_mode = train_mode
         self._use_slot(config, slot, supervise="all" if train_mode == "sequence" else "last")

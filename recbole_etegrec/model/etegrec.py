@@ -172,7 +172,7 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
                 states, _ = self.boundary_states(self.forward(interaction), interaction)
             target_logits, target_recon = target.quant.logits, target.recon
         # SIA: code distributions of the sequence (through the tokenizer's quantizer) vs the target's
-        sia = symmetric_kl(self.tokenizer.quantizer(self.enc_adapter(states)).logits, target_logits)
+        sia = symmetric_kl(self.tokenizer.quantizer.code_logits(self.enc_adapter(states)), target_logits)
         # PSA: preference vector vs the tokenizer's reconstruction of the target item
         psa = symmetric_info_nce(self.dec_adapter(states), target_recon, self.tau)
         return main, w_kl * sia, w_cl * psa
@@ -184,25 +184,25 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
         if self._item_semantics is None:
             with torch.no_grad():
                 out = self.tokenizer(self.item_emb)
-            self._item_semantics = (out.quant.logits, out.recon)
+            self._item_semantics = (torch.stack(out.quant.logits), out.recon)
         logits, recon = self._item_semantics
-        return [level[items] for level in logits], recon[items]
+        return logits[:, items], recon[items]
 
     def code_loss(self, hidden, interaction):
         """Mean cross-entropy over every supervised target code. Causal fix: the code at position q
         is predicted from the state at q - 1, so an item's first code comes from the last code of
-        the item before it. Target positions run from code_length (slot 1) to the end; a position is
-        supervised when its slot's boundary is."""
-        codes, n = interaction["code_input"], self.code_length
-        mask = interaction["boundary_mask"].repeat_interleave(n, dim=1)  # [B, T - n]
-        targets = codes[:, n:][mask]
-        query = self.output_projector(hidden[:, n - 1:-1][mask].float())
-        levels = (torch.arange(n, codes.shape[1], device=codes.device) % n).expand_as(mask)[mask]
-        total = query.new_zeros(())
-        for level in range(n):
-            rows = levels == level
-            total = total + F.cross_entropy(query[rows] @ self.level_table(level).T, targets[rows], reduction="sum")
-        return total / max(targets.numel(), 1)
+        the item before it. The states at positions 4k + 3 .. 4k + 6 predict the 4 codes of slot
+        k + 1, so they group per boundary as [B, L, 4, H]; one batched matmul over the levels scores
+        them all (per-level indexing costs more than the products on small models)."""
+        codes, n, mask = interaction["code_input"], self.code_length, interaction["boundary_mask"]
+        batch, slots = mask.shape
+        query = self.output_projector(hidden[:, n - 1:-1].reshape(batch, slots, n, -1)[mask].float())  # [N, n, e]
+        targets = codes[:, n:].reshape(batch, slots, n)[mask]  # [N, n]
+        tables = torch.stack([self.level_table(level) for level in range(n)])  # [n, code_num, e]
+        logits = torch.bmm(query.transpose(0, 1), tables.transpose(1, 2))  # [n, N, code_num]
+        if targets.numel() == 0:
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.T.reshape(-1))
 
     # -- generation --------------------------------------------------------------------------
     def generate(self, codes, attention, num_beams=None, use_cache=True):

@@ -4,13 +4,12 @@ import torch.nn.functional as F
 
 
 def symmetric_kl(logits_a, logits_b):
-    """SIA: per level, KL(p_a || p_b) + KL(p_b || p_a) of the code distributions, mean over levels."""
-    total = 0.0
-    for la, lb in zip(logits_a, logits_b):
-        log_pa, log_pb = F.log_softmax(la, dim=-1), F.log_softmax(lb, dim=-1)
-        total = total + F.kl_div(log_pb, log_pa, log_target=True, reduction="batchmean")
-        total = total + F.kl_div(log_pa, log_pb, log_target=True, reduction="batchmean")
-    return total / len(logits_a)
+    """SIA: per level, KL(p_a || p_b) + KL(p_b || p_a) of the code distributions, mean over rows and
+    levels. Logits are [levels, N, code_num] (or a list of per-level [N, code_num]). The two KLs sum
+    to sum (p_a - p_b) * (log p_a - log p_b), one expression for all levels at once."""
+    la, lb = (torch.stack(list(x)) if not torch.is_tensor(x) else x for x in (logits_a, logits_b))
+    log_pa, log_pb = F.log_softmax(la, dim=-1), F.log_softmax(lb, dim=-1)
+    return ((log_pa.exp() - log_pb.exp()) * (log_pa - log_pb)).sum() / (la.shape[0] * la.shape[1])
 
 
 def symmetric_info_nce(a, b, tau):

@@ -64,6 +64,16 @@ class ResidualQuantizer(nn.Module):
         quantized = z + (total - z).detach()
         return QuantizerOutput(quantized, torch.stack(codes, dim=1), loss, logits)
 
+    def code_logits(self, z):
+        """Only the per-level code logits of ``forward`` (the SIA input), stacked [levels, N, code_num]:
+        the same residual path without the losses and the quantized sum, a third of the ops."""
+        logits, residual = [], z
+        for book in self.codebooks:
+            dist = squared_distances(residual, book.weight)
+            logits.append(-dist / self.temperature)
+            residual = residual - book.weight[dist.detach().argmin(dim=1)].detach()
+        return torch.stack(logits)
+
     @torch.no_grad()
     def residuals(self, z):
         """Per level, the residual that level quantizes and the hard codes: ([levels x [N, e]], [N, levels])."""
