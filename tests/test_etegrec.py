@@ -155,3 +155,38 @@ def test_end_to_end_recbole_run(tiny_config_dict):
     assert set(test) >= {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
     assert all(0.0 <= v <= 1.0 for v in test.values())
     assert result["saved_model_file"] and result["params"] > 0
+
+
+def test_symmetric_kl_is_the_sum_of_both_kl_divergences():
+    """SIA's one-expression form equals KL(a||b) + KL(b||a) per level, averaged over levels."""
+    import torch.nn.functional as F
+
+    from recbole_etegrec.model.losses import symmetric_kl
+
+    torch.manual_seed(0)
+    a, b = torch.randn(3, 7, 16), torch.randn(3, 7, 16)
+    reference = sum(
+        F.kl_div(F.log_softmax(lb, -1), F.log_softmax(la, -1), log_target=True, reduction="batchmean")
+        + F.kl_div(F.log_softmax(la, -1), F.log_softmax(lb, -1), log_target=True, reduction="batchmean")
+        for la, lb in zip(a, b)) / 3
+    assert torch.allclose(symmetric_kl(a, b), reference, atol=1e-6)
+    assert torch.allclose(symmetric_kl(list(a), list(b)), reference, atol=1e-6)
+    assert float(symmetric_kl(a, a)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_fused_adamw_steps_like_the_reference_adamw():
+    from recbole_etegrec.trainer.optim import build_adamw
+
+    torch.manual_seed(0)
+    nets = [torch.nn.Linear(8, 4) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    fused = build_adamw(nets[0].parameters(), 1e-2, 0.05)
+    assert fused.defaults["fused"]
+    reference = torch.optim.AdamW(nets[1].parameters(), lr=1e-2, weight_decay=0.05)
+    x = torch.randn(16, 8)
+    for _ in range(5):
+        for net, opt in zip(nets, (fused, reference)):
+            opt.zero_grad()
+            net(x).pow(2).mean().backward()
+            opt.step()
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(nets[0].parameters(), nets[1].parameters()))

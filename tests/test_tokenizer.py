@@ -310,3 +310,17 @@ def test_cli_reports_user_errors(capsys, tmp_path):
     code = pretrain_main(["--dataset", "no_such_set", "--model", "SASRec", f"--data_path={tmp_path}"])
     assert code == 2
     assert capsys.readouterr().err.startswith("error: unknown dataset 'no_such_set'")
+
+
+def test_code_logits_equal_the_forward_logits_and_their_gradients():
+    """SIA's light path (``code_logits``) is the forward's logits, values and gradients."""
+    torch.manual_seed(0)
+    quantizer = ResidualQuantizer(3, 16, 8, temperature=0.5)
+    z = torch.randn(12, 8, requires_grad=True)
+    full = torch.stack(quantizer(z).logits)
+    light = quantizer.code_logits(z)
+    assert torch.allclose(full, light)
+    weights = torch.randn_like(full)
+    g_full = torch.autograd.grad((full * weights).sum(), [z, *quantizer.parameters()])
+    g_light = torch.autograd.grad((light * weights).sum(), [z, *quantizer.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_full, g_light))
