@@ -13,8 +13,8 @@ import time
 import torch
 
 from recbole_etegrec.config import Config
-from recbole_etegrec.data import create_dataset, data_preparation
-from recbole_etegrec.utils import get_model
+from recbole_etegrec.quick_start import load_data
+from recbole_etegrec.registry import get_model
 
 
 def main():
@@ -25,8 +25,8 @@ def main():
     parser.add_argument("--num_beams", type=int, default=20)
     args, rest = parser.parse_known_args()
     config = Config(model="ETEGRec", dataset=args.dataset, cmd_args=rest)
-    _, valid, _ = data_preparation(config, create_dataset(config))
-    model = get_model("ETEGRec")(config, valid._dataset)
+    _, train, valid, _ = load_data(config)  # split + the item tokenizer stage
+    model = get_model("ETEGRec")(config, train._dataset)
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     model.load_state_dict(state["state_dict"])
     model.load_other_parameter(state["other_parameter"])

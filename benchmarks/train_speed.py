@@ -30,7 +30,8 @@ from recbole_etegrec.benchmark import load_budget
 from recbole_etegrec.config import Config
 from recbole_etegrec.data import create_dataset
 from recbole_etegrec.data.dataloader import CodeSeqFullSortEvalDataLoader, CodeSeqTrainDataLoader, CodeTableSlot
-from recbole_etegrec.utils import get_model, get_trainer
+from recbole_etegrec.registry import get_model, get_trainer
+from recbole_etegrec.stages.item_tokenizer import prepare_item_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -137,6 +138,7 @@ def main(argv=None):
     dataset = create_dataset(config)
     built = dataset.build()
     samplers = create_samplers(config, dataset, built)
+    prepare_item_tokenizer(config, built[0])
     model = get_model("ETEGRec")(config, built[0]).to(config["device"])
     start_state = copy.deepcopy(model.state_dict())
     codes = model.code_table.codes
@@ -171,6 +173,7 @@ def main(argv=None):
         tiger_config = Config(model="TIGER", dataset=args.dataset, config_dict=budget_for("TIGER", args.dataset),
                               cmd_args=_tiger_args(rest))
         init_seed(tiger_config["seed"], tiger_config["reproducibility"])
+        prepare_item_tokenizer(tiger_config, built[0])
         tiger = get_model("TIGER")(tiger_config, built[0]).to(tiger_config["device"])
         tiger_start = copy.deepcopy(tiger.state_dict())
         tiger_times = {}

@@ -11,7 +11,7 @@ import yaml
 from recbole_etegrec.errors import EtegrecError
 from recbole_etegrec.io import atomic_path, atomic_write, check_writable, remove_stale_tmp
 from recbole_etegrec.quick_start import REPORT_METRICS, run
-from recbole_etegrec.utils import properties_dir
+from recbole_etegrec.registry import properties_dir
 
 COLUMNS = (
     [f"valid_{m}" for m in REPORT_METRICS] + [f"test_{m}" for m in REPORT_METRICS]
@@ -111,7 +111,7 @@ def write_provenance(out_dir, dataset, budget, config_files, config_dict, cmd_ar
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown (not a git checkout)"
     info = {
-        "command": " ".join(["python", os.path.basename(sys.argv[0])] + sys.argv[1:]),
+        "command": command_line(),
         "dataset": dataset, "commit": commit, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "cpu_cores": os.cpu_count(), "config_files": config_files, "config_dict": config_dict,
         "cmd_args": cmd_args, "budget": budget,
@@ -172,3 +172,10 @@ def plot_test_metrics(rows, dataset, path):
             fig.savefig(tmp, dpi=120)
     finally:
         plt.close(fig)
+
+
+def command_line() -> str:
+    """How this process was started, as a user would retype it (script or console script)."""
+    program = os.path.basename(sys.argv[0])
+    prefix = [program] if program == "recbole-etegrec" else ["python", program]
+    return " ".join(prefix + sys.argv[1:])

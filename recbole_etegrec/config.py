@@ -10,9 +10,9 @@ import os
 import yaml
 from recbole.config import Config as RecBoleConfig
 
-from recbole_etegrec import compat
+from recbole_etegrec import compat, distributed
 from recbole_etegrec.errors import EtegrecError
-from recbole_etegrec.utils import get_model, properties_dir
+from recbole_etegrec.registry import get_model, properties_dir
 from recbole_etegrec.validation import validate
 
 # Keys whose RecBole default has one type but that legitimately take several.
@@ -122,24 +122,11 @@ class Config(RecBoleConfig):
 
     # -- devices ---------------------------------------------------------------------------
     def _init_device(self):
-        """Under ``accelerate launch`` / ``torchrun`` (WORLD_SIZE > 1) let accelerate set up the
-        process group (gloo on CPU, nccl on GPU) and tell RecBole it runs distributed, so its
-        loaders shard users with a DistributedSampler and its evaluator gathers metrics."""
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        """Under ``accelerate launch`` / ``torchrun`` (WORLD_SIZE > 1) the process group comes from
+        ``distributed.init_process_group``; otherwise RecBole's device set-up."""
+        if distributed.world_size_from_env() <= 1:
             return super()._init_device()
-        import torch
-        from accelerate import PartialState
-
-        # accelerate only sets up a CPU (gloo) group when asked: ACCELERATE_USE_CPU=1 or no GPU
-        cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
-        state = PartialState(cpu=cpu)
-        self.final_config_dict.update(
-            single_spec=False, local_rank=state.local_process_index, world_size=state.num_processes,
-            nproc=state.num_processes, offset=0,
-            device=torch.device("cpu") if state.device.type == "cpu" else state.device,
-        )
-        if state.process_index != 0:
-            self.final_config_dict.update(state="error", show_progress=False, verbose=False)
+        distributed.init_process_group(self.final_config_dict)
 
     # -- validation ------------------------------------------------------------------------
     def _check_types(self):

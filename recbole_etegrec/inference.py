@@ -2,33 +2,33 @@
 
 RecBole's own ``recbole.quick_start.load_data_and_model`` cannot load this plugin's models: it
 looks models up in RecBole only, builds plain loaders (ETEGRec/TIGER read code sequences), and
-its model constructor would go through the tokenizer cache, pretraining an RQ-VAE (and, for
-``item_emb_source: sasrec``, a SASRec) when the cache is missing. This version
+the code models need the item tokenizer stage, which pretrains an RQ-VAE (and, for
+``item_emb_source: sasrec``, a SASRec) when its cache is missing. This version
 
 * rebuilds data and loaders with the plugin's ``create_dataset`` / ``data_preparation`` from the
   checkpoint's pickled ``Config`` (so ``debug`` subsets and the split are the training run's);
 * never trains anything: when the tokenizer cache named by the checkpoint's config is missing,
   the model is built from a tokenizer reconstructed out of the checkpoint itself (the RQ-VAE
   weights are in ``state_dict``, the code table in ``other_parameter``);
-* loads ``state_dict`` and ``other_parameter`` and pushes the code table to the loaders;
-* makes ``recbole.utils.case_study.full_sort_topk(uid_series, model, test_data, k)`` work:
-  that function feeds ``test_data.dataset[index]`` straight to ``model.full_sort_predict``,
-  bypassing the loaders' transform, so the model gets a ``full_sort_predict`` that adds the
-  code fields (``add_code_fields``) when they are missing.
+* loads ``state_dict`` and ``other_parameter`` and pushes the code table to the loaders (a lean
+  checkpoint, written with ``llama_path``, gets its frozen base weights from ``llama_path``, whose
+  ``config.json`` must match the fingerprint the checkpoint records);
+* ``recbole.utils.case_study.full_sort_topk(uid_series, model, test_data, k)`` then works: it
+  feeds ``test_data.dataset[index]`` straight to ``model.full_sort_predict``, and the code models
+  add the code fields themselves when a batch lacks them (``CodeSequenceMixin.with_code_fields``).
 """
 import os
-import tempfile
-from contextlib import contextmanager
 from logging import getLogger
 
 import torch
 from recbole.utils import init_seed
 
 from recbole_etegrec import compat
-from recbole_etegrec.data.dataloader import add_code_fields
 from recbole_etegrec.errors import EtegrecError
-from recbole_etegrec.quick_start import load_data
-from recbole_etegrec.utils import get_model
+from recbole_etegrec.quick_start import load_split
+from recbole_etegrec.registry import get_model
+from recbole_etegrec.stages.item_tokenizer import attach_item_tokenizer, prepare_item_tokenizer
+from recbole_etegrec.trainer.lean import check_base_model, first_error_line, load_model_state
 
 _FIX_CHECKPOINT = "pass a file a training run wrote (saved/<Model>-<time>.pth)"
 
@@ -63,78 +63,47 @@ def load_data_and_model(model_file: str, state: str = None):
         config["device"] = torch.device("cpu")
     if state is not None:
         config["state"] = state
-    dataset, train_data, valid_data, test_data = load_data(config)
-
-    init_seed(config["seed"], config["reproducibility"])
+    check_base_model(checkpoint, model_file, config["llama_path"])  # lean: fail before reading any data
+    dataset, train_data, valid_data, test_data = load_split(config)
     model_class = get_model(config["model"])
     codes = getattr(model_class, "uses_item_codes", False)
-    with _tokenizer_from_checkpoint(config, checkpoint, train_data._dataset, enabled=codes):
-        model = model_class(config, train_data._dataset)
+    if codes:
+        _item_tokenizer_without_training(config, checkpoint, train_data._dataset)
+
+    init_seed(config["seed"], config["reproducibility"])
+    model = model_class(config, train_data._dataset)
     model = model.to(config["device"])
-    model.load_state_dict(checkpoint["state_dict"])
+    try:  # lean checkpoints: the frozen base weights come from llama_path (trainer/lean.py)
+        load_model_state(model, checkpoint, model_file, config["llama_path"], fix=_FIX_CHECKPOINT)
+    except RuntimeError as err:
+        raise EtegrecError(f"checkpoint '{model_file}' does not fit this model's size/settings "
+                           f"({first_error_line(err)}): {_FIX_CHECKPOINT}") from None
     model.load_other_parameter(checkpoint.get("other_parameter"))
     model.eval()
     if codes:
         for loader in (train_data, valid_data, test_data):  # one shared slot; set all for clarity
             loader.set_code_table(model.code_table.codes)
-        enable_case_study(model, config)
     getLogger().info(f"loaded {config['model']} from {model_file}")
     return config, model, dataset, train_data, valid_data, test_data
 
 
-def with_code_fields(interaction, model, config):
-    """``interaction`` (``item_id_list``, ``item_length``, ``item_id``) plus the code-sequence
-    fields, built from the model's own code table exactly as the code-sequence loaders do."""
-    item = config["ITEM_ID_FIELD"]
-    device = interaction[item].device
-    return add_code_fields(interaction.to("cpu"), model.code_table.codes, item,
-                           item + config["LIST_SUFFIX"], config["ITEM_LIST_LENGTH_FIELD"]).to(device)
-
-
-def enable_case_study(model, config) -> None:
-    """Let ``model.full_sort_predict`` accept rows read straight from a dataset (no code fields),
-    as ``recbole.utils.case_study.full_sort_scores`` passes them; batches from the loaders,
-    which already carry the fields, go through unchanged."""
-    if getattr(model, "_case_study_enabled", False):
-        return
-    original = model.full_sort_predict
-
-    def full_sort_predict(interaction):
-        if "code_input" not in interaction:
-            interaction = with_code_fields(interaction, model, config)
-        return original(interaction)
-
-    model.full_sort_predict = full_sort_predict
-    model._case_study_enabled = True
-
-
 # -- tokenizer without retraining ---------------------------------------------------------------
-@contextmanager
-def _tokenizer_from_checkpoint(config, checkpoint, dataset, enabled=True):
-    """While the model is constructed, point ``tokenizer_path`` at a tokenizer rebuilt from the
-    checkpoint if the one the config names (``tokenizer_path`` or the cache) is missing; the
-    constructor would otherwise pretrain a new one. Its weights and code table are replaced by
-    the checkpoint's right after construction anyway."""
-    if not enabled or os.path.isfile(_tokenizer_source(config)):
-        yield
+def _item_tokenizer_without_training(config, checkpoint, dataset) -> None:
+    """The item tokenizer stage, except that it never trains: the cached tokenizer the config names
+    (``tokenizer_path`` or the cache) when it exists, else one rebuilt from the checkpoint itself.
+    Either way its weights and code table are replaced by the checkpoint's once the model is built."""
+    if os.path.isfile(_tokenizer_source(config)):
+        prepare_item_tokenizer(config, dataset)
         return
-    path = config["tokenizer_path"]
-    with tempfile.TemporaryDirectory(prefix="etegrec-tokenizer-") as folder:
-        rebuilt = os.path.join(folder, "from_checkpoint.pth")
-        _save_tokenizer_from_checkpoint(rebuilt, config, checkpoint, dataset)
-        getLogger().warning(
-            f"tokenizer {_tokenizer_source(config)} not found: using the tokenizer stored in "
-            "the checkpoint (item embeddings are not in it, so this model can recommend but not train further)")
-        config["tokenizer_path"] = rebuilt
-        try:
-            yield
-        finally:
-            config["tokenizer_path"] = path
+    getLogger().warning(
+        f"tokenizer {_tokenizer_source(config)} not found: using the tokenizer stored in "
+        "the checkpoint (item embeddings are not in it, so this model can recommend but not train further)")
+    attach_item_tokenizer(dataset, _bundle_from_checkpoint(config, checkpoint, dataset))
 
 
-def _save_tokenizer_from_checkpoint(path, config, checkpoint, dataset):
-    from recbole_etegrec.tokenizer import CodeTable, RQVAE, save_tokenizer
-    from recbole_etegrec.tokenizer.embeddings import item_tokens
+def _bundle_from_checkpoint(config, checkpoint, dataset):
+    from recbole_etegrec.stages.item_embeddings import item_tokens
+    from recbole_etegrec.tokenizer import RQVAE, CodeTable, TokenizerBundle
 
     other = checkpoint.get("other_parameter") or {}
     if "code_table" not in other:
@@ -150,12 +119,13 @@ def _save_tokenizer_from_checkpoint(path, config, checkpoint, dataset):
         rqvae.load_state_dict(weights)
     levels = table.code_length - 1
     stats = {"collision_rate": table.collision_rate(), "max_suffix": table.max_suffix,
-             "utilization": [len(torch.unique(table.codes[1:, lv])) / table.code_num for lv in range(levels)]}
-    save_tokenizer(path, rqvae, table, stats, None, torch.zeros(dataset.item_num, in_dim), item_tokens(dataset))
+             "utilization": [len(torch.unique(table.codes[1:, lv])) / table.code_num for lv in range(levels)],
+             "item_tokens": item_tokens(dataset)}
+    return TokenizerBundle(rqvae.eval(), table, None, stats, torch.zeros(dataset.item_num, in_dim))
 
 
 def _tokenizer_source(config):
-    """The tokenizer file a model constructor would load: ``tokenizer_path`` or the cache."""
-    from recbole_etegrec.tokenizer import tokenizer_cache_path
+    """The tokenizer file the item tokenizer stage would load: ``tokenizer_path`` or the cache."""
+    from recbole_etegrec.stages.item_tokenizer import tokenizer_cache_path
 
     return config["tokenizer_path"] or tokenizer_cache_path(config)

@@ -1,4 +1,5 @@
-"""One pipeline for every model: Config -> dataset -> split -> model -> trainer.fit -> evaluate."""
+"""One pipeline for every model: Config -> dataset -> split -> (code models: item tokenizer stage)
+-> model -> trainer.fit -> evaluate."""
 import os
 import time
 from logging import getLogger
@@ -11,8 +12,9 @@ from recbole_etegrec.config import Config
 from recbole_etegrec.data import create_dataset, data_preparation
 from recbole_etegrec.errors import EtegrecError
 from recbole_etegrec.io import check_writable
+from recbole_etegrec.registry import get_model, get_trainer
+from recbole_etegrec.stages.item_tokenizer import prepare_item_tokenizer
 from recbole_etegrec.trainer.checkpoint import ResumableTrainerMixin
-from recbole_etegrec.utils import get_model, get_trainer
 
 REPORT_METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 
@@ -26,9 +28,9 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def load_data(config):
-    """Seed, logger and RecBole's split for ``config``: ``(dataset, train, valid, test)``, the
-    code models getting code-sequence loaders. Shared by training and checkpoint loading."""
+def load_split(config):
+    """Seed, logger and RecBole's split for ``config``: ``(dataset, train, valid, test)``; the
+    code models get code-sequence loaders."""
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -36,6 +38,16 @@ def load_data(config):
     dataset = create_dataset(config)
     logger.info(dataset)
     return (dataset, *data_preparation(config, dataset))
+
+
+def load_data(config):
+    """``load_split`` and, for code models, the item tokenizer stage: ``(dataset, train, valid,
+    test)``, the code models finding the tokenizer on ``train._dataset``. Shared by training,
+    the benchmarks and the tests."""
+    dataset, train, valid, test = load_split(config)
+    if getattr(config.model_class, "uses_item_codes", False):
+        prepare_item_tokenizer(config, train._dataset)  # before the model: it never trains in __init__
+    return dataset, train, valid, test
 
 
 def run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None, saved=True,

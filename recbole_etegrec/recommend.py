@@ -96,12 +96,10 @@ def recommend(model, config, history: Sequence[int], topk: int = 10,
     item, device = config["ITEM_ID_FIELD"], config["device"]
     extra = len(seen) if exclude_history else 0
     if getattr(model, "uses_item_codes", False):
-        from recbole_etegrec.inference import with_code_fields
-
         inter = Interaction({item + config["LIST_SUFFIX"]: torch.tensor([history]),
                              config["ITEM_LIST_LENGTH_FIELD"]: torch.tensor([len(history)]),
                              item: torch.tensor([0])})  # dummy target: only the history is read
-        codes, attention = model.history(with_code_fields(inter, model, config).to(device))
+        codes, attention = model.history(inter.to(device))
         beams = model.generate(codes, attention, num_beams=max(model.num_beams, topk + extra),
                                use_cache=model.use_kv_cache)
         ranked = [(int(i), float(s)) for i, s in zip(beams.items[0], beams.scores[0]) if int(i) > 0]
@@ -118,9 +116,10 @@ def recommend(model, config, history: Sequence[int], topk: int = 10,
     return ranked[:topk]
 
 
-def _parse(argv):
-    parser = argparse.ArgumentParser(prog="python -m recbole_etegrec.recommend",
-                                     description="Recommend items with a trained checkpoint.")
+def _parse(argv, prog: str = "python -m recbole_etegrec.recommend") -> argparse.Namespace:
+    from recbole_etegrec.cli import ArgumentParser, parse_args
+
+    parser = ArgumentParser(prog=prog, description="Recommend items with a trained checkpoint.")
     parser.add_argument("--checkpoint", required=True, help="saved/<Model>-<time>.pth from a training run")
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", help="user token: that user's whole history in the dataset")
@@ -130,7 +129,7 @@ def _parse(argv):
     parser.add_argument("--skip_unknown", action="store_true", help="drop unknown --items with a warning")
     parser.add_argument("--exclude_history", action="store_true", help="never recommend history items")
     parser.add_argument("--verbose", action="store_true", help="show RecBole's INFO log on stderr")
-    return parser.parse_args(argv)
+    return parse_args(parser, argv, overrides=False)[0]
 
 
 def run(args) -> dict:
@@ -173,15 +172,17 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parse(argv)
-    try:
+def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m recbole_etegrec.recommend") -> int:
+    """The ``recommend`` command (also ``recbole-etegrec recommend``): 0, or 2 with one error line."""
+    from recbole_etegrec.cli import handle
+
+    def command() -> int:
+        args = _parse(argv, prog)
         result = run(args)
-    except EtegrecError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, ensure_ascii=False) if args.json else format_table(result))
-    return 0
+        print(json.dumps(result, ensure_ascii=False) if args.json else format_table(result))
+        return 0
+
+    return handle(command)
 
 
 if __name__ == "__main__":

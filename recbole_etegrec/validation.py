@@ -63,7 +63,7 @@ def _yaml_keys(folder):
 
 
 def known_keys(config):
-    from recbole_etegrec.utils import properties_dir
+    from recbole_etegrec.registry import properties_dir
 
     known = set(config.internal_config_dict) | _EXTRA_KNOWN | _yaml_keys(properties_dir())
     for group in getattr(config, "parameters", {}).values():

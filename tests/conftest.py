@@ -4,6 +4,7 @@ import pytest
 
 from recbole_etegrec.config import Config
 from recbole_etegrec.data import create_dataset, data_preparation
+from recbole_etegrec.stages.item_tokenizer import prepare_item_tokenizer
 
 ML100K_ITEMS = 1683  # RecBole's item vocabulary for ml-100k, padding included
 
@@ -36,6 +37,10 @@ def tiny_config_dict(item_emb_file, tmp_path_factory):
 
 
 def build(model, config_dict):
+    """Config, then RecBole's split, then (code models) the item tokenizer stage, as the pipeline does."""
     config = Config(model=model, dataset="ml-100k", config_dict=config_dict)
     dataset = create_dataset(config)
-    return config, data_preparation(config, dataset)
+    splits = data_preparation(config, dataset)
+    if getattr(config.model_class, "uses_item_codes", False):
+        prepare_item_tokenizer(config, splits[0]._dataset)
+    return config, splits

@@ -11,14 +11,14 @@ import torch
 import torch.distributed as dist
 
 from recbole_etegrec.config import Config
-from recbole_etegrec.data import create_dataset, data_preparation
-from recbole_etegrec.utils import get_model, get_trainer
+from recbole_etegrec.quick_start import load_data
+from recbole_etegrec.registry import get_model, get_trainer
 
 
 def main(config_dict):
     config = Config(model="ETEGRec", dataset="ml-100k", config_dict=config_dict)
     assert not config["single_spec"] and config["world_size"] == 2, "not running distributed"
-    train, valid, test = data_preparation(config, create_dataset(config))
+    _, train, valid, test = load_data(config)  # split + the item tokenizer stage
     model = get_model("ETEGRec")(config, train._dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], "ETEGRec")(config, model)
     trainer.fit(train, valid, saved=True, show_progress=False)

@@ -5,6 +5,7 @@ Most rows call ``run_recbole_etegrec.main`` in-process (fast); a few run the rea
 """
 import glob
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import ML100K_ITEMS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ CASES = [
     ("emb_wrong_shape", "ETEGRec", ["--item_emb_file={short_npy}"], "have shape (10, 16)"),
     ("emb_not_npy", "ETEGRec", ["--item_emb_file={garbage}"], "is not a readable .npy array"),
     ("emb_missing", "ETEGRec", ["--item_emb_file=/nonexistent/e.npy"], "item_emb_file '/nonexistent/e.npy' does not exist"),
-    ("tokenizer_path_garbage", "TIGER", ["--tokenizer_path={garbage}"], "cannot be read (UnpicklingError)"),
+    ("tokenizer_path_garbage", "TIGER", ["--tokenizer_path={garbage}"], "cannot be read ("),
     # resume files
     ("resume_missing", "ETEGRec", ["--resume_file=/nonexistent/x.pth"], "resume_file '/nonexistent/x.pth' does not exist"),
     ("resume_random_bytes", "ETEGRec", ["--resume_file={garbage}"], "cannot be read"),
@@ -139,7 +139,7 @@ def artifacts(tiny_config_dict, tmp_path_factory):
     np.save(tmp / "short.npy", emb[:10])
     paths.update(same_npy=tmp / "same.npy", short_npy=tmp / "short.npy")
     paths["garbage"] = tmp / "garbage.bin"
-    paths["garbage"].write_bytes(os.urandom(4096))
+    paths["garbage"].write_bytes(random.Random(0).randbytes(4096))  # fixed: the same error every run
     (tmp / "afile").write_text("a file where a folder should be")
     paths["unwritable"] = tmp / "afile" / "out"
     saved = str(tmp / "saved")
@@ -247,7 +247,8 @@ def test_duplicated_interactions_are_counted_and_dropped(artifacts, tmp_path, ca
 def test_corrupt_tokenizer_cache_is_rebuilt(tiny_config_dict, tmp_path, caplog):
     from conftest import build
 
-    from recbole_etegrec.tokenizer.pretrain import load_or_pretrain, load_tokenizer, tokenizer_cache_path
+    from recbole_etegrec.stages.item_tokenizer import load_or_pretrain, tokenizer_cache_path
+    from recbole_etegrec.tokenizer import load_tokenizer
 
     config, (train, _, _) = build("TIGER", {**tiny_config_dict, "checkpoint_dir": str(tmp_path)})
     first = load_or_pretrain(config, train._dataset)
@@ -260,7 +261,7 @@ def test_corrupt_tokenizer_cache_is_rebuilt(tiny_config_dict, tmp_path, caplog):
 
 
 def test_corrupt_embedding_cache_is_rebuilt(tmp_path, monkeypatch, caplog):
-    from recbole_etegrec.tokenizer import embeddings
+    from recbole_etegrec.stages import item_embeddings as embeddings
 
     cache = tmp_path / "item_emb" / "x.npy"
     cache.parent.mkdir()
@@ -269,6 +270,9 @@ def test_corrupt_embedding_cache_is_rebuilt(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(embeddings, "embedding_cache_path", lambda config: str(cache))
     monkeypatch.setattr(embeddings, "_sasrec_embeddings", lambda config, dataset: fresh.clone())
     dataset = type("D", (), {"item_num": 5})()
-    emb = embeddings.load_item_embeddings({"item_emb_source": "sasrec"}, dataset)
+    from recbole_etegrec.config import Config
+
+    config = Config(model="ETEGRec", dataset="toy", config_dict={"item_emb_source": "sasrec"})
+    emb = embeddings.load_item_embeddings(config, dataset)
     assert any("unreadable" in r.getMessage() for r in caplog.records)
     assert torch.equal(torch.from_numpy(np.load(cache)), emb) and emb[0].abs().sum() == 0

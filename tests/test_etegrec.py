@@ -45,7 +45,7 @@ def test_code_loss_reaches_the_model_codebook_copy(setup):
 
 def test_codebook_copy_has_its_own_learning_rate(setup):
     config, model, _, _ = setup
-    from recbole_etegrec.trainer import ETEGRecTrainer
+    from recbole_etegrec.trainer.etegrec_trainer import ETEGRecTrainer
 
     trainer = ETEGRecTrainer(config, model)
     groups = trainer.rec_optimizer.param_groups

@@ -8,7 +8,7 @@ from recbole.trainer import Trainer
 
 from recbole_etegrec.config import Config
 from recbole_etegrec.errors import EtegrecError
-from recbole_etegrec.utils import get_model, get_trainer
+from recbole_etegrec.registry import get_model, get_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 

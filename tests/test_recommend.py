@@ -103,7 +103,7 @@ def test_unknown_item_tokens_error_or_skip(checkpoints, capsys):
 
 def test_loading_without_the_tokenizer_cache_never_retrains(checkpoints, loaded, tmp_path, monkeypatch):
     """A checkpoint moved away from its tokenizer cache: the tokenizer comes from the checkpoint."""
-    import recbole_etegrec.tokenizer.pretrain as pretrain
+    import recbole_etegrec.stages.item_tokenizer as pretrain
 
     def no_training(*args, **kwargs):
         raise AssertionError("inference must not pretrain a tokenizer")

@@ -118,7 +118,7 @@ def test_length_grouping_yields_every_sample_once_and_pads_little():
 
 def test_grouped_evaluation_gives_every_user_the_same_items(tiny_config_dict):
     """Sorting evaluation users by length changes batch composition (and padding), not results."""
-    from recbole_etegrec.trainer import ETEGRecTrainer
+    from recbole_etegrec.trainer.etegrec_trainer import ETEGRecTrainer
 
     model, results, top, scores = None, [], [], []
     for grouped in (True, False):

@@ -7,21 +7,21 @@ import numpy as np
 import pytest
 import torch
 
+from recbole_etegrec.config import Config
 from recbole_etegrec.errors import EtegrecError
+from recbole_etegrec.stages.item_embeddings import load_item_embeddings
+from recbole_etegrec.stages.item_tokenizer import load_or_pretrain, tokenizer_cache_path
+from recbole_etegrec.stages.item_tokenizer import main as pretrain_main
 from recbole_etegrec.tokenizer import (
     RQVAE,
     ResidualQuantizer,
     apply_norm,
     build_code_table,
     fit_norm,
-    load_item_embeddings,
-    load_or_pretrain,
     load_tokenizer,
     pretrain_rqvae,
     save_tokenizer,
-    tokenizer_cache_path,
 )
-from recbole_etegrec.tokenizer.pretrain import main as pretrain_main
 
 
 @pytest.fixture(autouse=True)
@@ -34,15 +34,14 @@ def one_thread():
 
 
 def tiny_config(**over):
-    config = dict(
-        dataset="toy", data_path=".", checkpoint_dir="saved", item_emb_source="file", item_emb_file=None,
-        e_dim=8, code_num=16, code_length=4, rqvae_hidden=[32], rqvae_dropout=0.0, rqvae_beta=0.25,
-        code_temperature=1.0, rqvae_epochs=20, rqvae_lr=3e-3, rqvae_batch_size=64, rqvae_weight_decay=0.0,
-        rqvae_kmeans_init=True, rqvae_reseed_dead=True, rqvae_emb_norm="standard", rqvae_ae_warmup=2, seed=7,
-        show_progress=False,
+    """A real Config (every other setting from the property files) for a dataset named 'toy'."""
+    values = dict(
+        data_path=".", checkpoint_dir="saved", item_emb_source="file", e_dim=8, code_num=16,
+        rqvae_hidden=[32], rqvae_epochs=20, rqvae_lr=3e-3, rqvae_batch_size=64, rqvae_emb_norm="standard",
+        rqvae_ae_warmup=2, seed=7, show_progress=False,
     )
-    config.update(over)
-    return config
+    values.update(over)
+    return Config(model="ETEGRec", dataset="toy", config_dict=values)
 
 
 def fake_dataset(n_items):
@@ -220,7 +219,8 @@ def test_load_or_pretrain_caches_and_checks(tmp_path, caplog):
     emb = synthetic_embeddings(n=60)
     npy = tmp_path / "emb.npy"
     np.save(npy, emb.numpy())
-    config = tiny_config(checkpoint_dir=str(tmp_path / "saved"), item_emb_file=str(npy), rqvae_epochs=2)
+    settings = dict(checkpoint_dir=str(tmp_path / "saved"), item_emb_file=str(npy), rqvae_epochs=2)
+    config = tiny_config(**settings)
     dataset = fake_dataset(60)
     with caplog.at_level(logging.INFO):
         first = load_or_pretrain(config, dataset)
@@ -230,13 +230,14 @@ def test_load_or_pretrain_caches_and_checks(tmp_path, caplog):
         assert "cache hit" in caplog.text
     assert torch.equal(first.code_table.codes, second.code_table.codes)
     assert second.item_emb.shape == (60, 16)
-    assert tokenizer_cache_path(dict(config, rqvae_lr=0.1)) != tokenizer_cache_path(config)
+    assert tokenizer_cache_path(tiny_config(**settings, rqvae_lr=0.1)) != tokenizer_cache_path(config)
+    cached = tokenizer_cache_path(config)
     with pytest.raises(EtegrecError, match="code_num"):
-        load_or_pretrain(dict(config, code_num=32, tokenizer_path=tokenizer_cache_path(config)), dataset)
+        load_or_pretrain(tiny_config(**settings, code_num=32, tokenizer_path=cached), dataset)
     with pytest.raises(EtegrecError, match="other items"):
-        load_or_pretrain(dict(config, tokenizer_path=tokenizer_cache_path(config)), fake_dataset(50))
+        load_or_pretrain(tiny_config(**settings, tokenizer_path=cached), fake_dataset(50))
     with pytest.raises(EtegrecError, match="does not exist"):
-        load_or_pretrain(dict(config, tokenizer_path=str(tmp_path / "nope.pth")), dataset)
+        load_or_pretrain(tiny_config(**settings, tokenizer_path=str(tmp_path / "nope.pth")), dataset)
 
 
 # -- embedding sources ----------------------------------------------------------------------------
@@ -248,7 +249,7 @@ def test_file_source_shape_error(tmp_path):
     with pytest.raises(EtegrecError, match=r"\(7, 4\).*\[9, d\]"):
         load_item_embeddings(config, fake_dataset(9))
     with pytest.raises(EtegrecError, match="item_emb_file"):
-        load_item_embeddings(tiny_config(item_emb_file=None), fake_dataset(7))
+        load_item_embeddings(tiny_config(), fake_dataset(7))
     with pytest.raises(EtegrecError, match="item_emb_source"):
         load_item_embeddings(tiny_config(item_emb_source="bert"), fake_dataset(7))
 
@@ -280,9 +281,10 @@ def test_text_source_with_tiny_bert(tmp_path, tiny_bert, caplog):
         "b\tred guitar\tacme\t3.0\n"
         "x\tblue string\t\t4.0\n"
     )
-    config = tiny_config(item_emb_source="text", data_path=str(data), text_encoder_path=tiny_bert,
-                         text_fields=["title", "brand", "description"], text_batch_size=2,
-                         checkpoint_dir=str(tmp_path / "saved"))
+    settings = dict(item_emb_source="text", data_path=str(tmp_path), text_encoder_path=tiny_bert,
+                    text_fields=["title", "brand", "description"], text_batch_size=2,
+                    checkpoint_dir=str(tmp_path / "saved"))
+    config = tiny_config(**settings)
     dataset = SimpleNamespace(item_num=4, iid_field="item_id",
                               field2id_token={"item_id": np.array(["[PAD]", "a", "b", "c"])})
     with caplog.at_level(logging.INFO):
@@ -299,11 +301,11 @@ def test_text_source_with_tiny_bert(tmp_path, tiny_bert, caplog):
     missing = SimpleNamespace(item_num=3, iid_field="item_id",
                               field2id_token={"item_id": np.array(["[PAD]", "a", "zz"])})
     with pytest.raises(EtegrecError, match="1 of 2 items"):
-        load_item_embeddings(dict(config, checkpoint_dir=str(tmp_path / "other")), missing)
+        load_item_embeddings(tiny_config(**{**settings, "checkpoint_dir": str(tmp_path / "other")}), missing)
     with pytest.raises(EtegrecError, match="toy.item"):
-        load_item_embeddings(dict(config, data_path=str(tmp_path)), dataset)
+        load_item_embeddings(tiny_config(**{**settings, "data_path": str(tmp_path / "nowhere")}), dataset)
     with pytest.raises(EtegrecError, match="text_encoder_path"):
-        load_item_embeddings(dict(config, text_encoder_path=str(tmp_path)), dataset)
+        load_item_embeddings(tiny_config(**{**settings, "text_encoder_path": str(tmp_path)}), dataset)
 
 
 def test_cli_reports_user_errors(capsys, tmp_path):
@@ -324,3 +326,40 @@ def test_code_logits_equal_the_forward_logits_and_their_gradients():
     g_full = torch.autograd.grad((full * weights).sum(), [z, *quantizer.parameters()])
     g_light = torch.autograd.grad((light * weights).sum(), [z, *quantizer.parameters()])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_full, g_light))
+
+
+def test_a_key_declared_in_tokenizer_yaml_is_part_of_the_cache_keys(tmp_path, monkeypatch):
+    """The cache keys come from properties/tokenizer.yaml itself: declaring a new key there (and
+    setting it) gives a new tokenizer cache path, and a new embedding cache path when the key
+    belongs to the embedding source, with no list in the code to update."""
+    import shutil
+
+    from recbole_etegrec import registry
+    from recbole_etegrec.stages import item_embeddings
+
+    copy = tmp_path / "properties"
+    shutil.copytree(registry.properties_dir(), copy)
+    (tmp_path / "toy").mkdir()
+    (tmp_path / "toy" / "toy.item").write_text("item_id:token\ttitle:token_seq\na\tred guitar\n")
+    base = dict(item_emb_source="text", data_path=str(tmp_path))
+    before = tiny_config(**base)
+    paths = (tokenizer_cache_path(before), item_embeddings.embedding_cache_path(before))
+    monkeypatch.setenv("RECBOLE_ETEGREC_PROPERTIES", str(copy))
+
+    def declare(line):
+        with open(copy / "tokenizer.yaml", "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+        item_embeddings.declared_keys.cache_clear()
+        config = tiny_config(**base)
+        return tokenizer_cache_path(config), item_embeddings.embedding_cache_path(config)
+
+    try:
+        rq = declare("rqvae_new_knob: 1               # (int) An RQ-VAE setting added later.")
+        assert rq[0] != paths[0] and rq[1] == paths[1]  # the embeddings do not depend on it
+        text = declare("text_new_knob: 1                # (int) A text-embedding setting added later.")
+        assert text[0] != rq[0] and text[1] != paths[1]
+        changed = tiny_config(**base, rqvae_new_knob=2)
+        assert tokenizer_cache_path(changed) != text[0]
+        assert item_embeddings.embedding_cache_path(changed) == text[1]
+    finally:
+        item_embeddings.declared_keys.cache_clear()

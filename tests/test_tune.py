@@ -1,4 +1,5 @@
-"""tune/run_tune.py: the space parser (fast) and one tiny SASRec sweep through the real CLI.
+"""recbole_etegrec.tune (tune/run_tune.py): the space parser (fast) and one tiny SASRec sweep
+through the real CLI.
 
 The sweep grids ``n_heads`` over [1, 2, 3] with hidden_size 16, so two trials train and the third
 crashes in SASRec's constructor (16 is not a multiple of 3): deterministic, and it checks that a
@@ -6,24 +7,19 @@ failed trial is recorded while the sweep goes on.
 """
 import contextlib
 import csv
-import importlib.util
 import io
 import os
+import subprocess
 import sys
 
 import pytest
 import yaml
 
+from recbole_etegrec import tune as run_tune
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "tune", "run_tune.py")
 METRIC = "valid_ndcg@10"
-
-
-def load_run_tune():
-    spec = importlib.util.spec_from_file_location("run_tune", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write(path, text):
@@ -34,7 +30,6 @@ def write(path, text):
 def test_space_parser_accepts_every_type_and_the_shipped_spaces(tmp_path):
     from ray.tune.search.sample import Categorical, Float, Integer
 
-    run_tune = load_run_tune()
     space, notes = run_tune.load_space(write(tmp_path / "s.yaml", (
         "lr: {type: loguniform, low: 1e-4, high: 1.0e-2}\n"
         "drop: {type: uniform, low: 0.1, high: 0.5}\n"
@@ -62,15 +57,30 @@ def test_space_parser_errors_name_the_file_and_key(tmp_path, spec, message):
 
     path = write(tmp_path / "bad.yaml", f"lr: {spec}\n")
     with pytest.raises(EtegrecError) as err:
-        load_run_tune().load_space(path)
+        run_tune.load_space(path)
     assert f"search space '{path}', key 'lr'" in str(err.value) and message in str(err.value)
 
 
 def test_cli_reports_a_bad_space_as_one_line_and_exit_2(tmp_path, capsys):
     path = write(tmp_path / "bad.yaml", "lr: {type: gaussian, low: 0, high: 1}\n")
-    code = load_run_tune().main(["--model", "SASRec", "--dataset", "ml-100k", "--space", path])
+    code = run_tune.main(["--model", "SASRec", "--dataset", "ml-100k", "--space", path])
     assert code == 2
     assert capsys.readouterr().err.startswith(f"error: search space '{path}', key 'lr'")
+
+
+def test_the_script_is_a_thin_wrapper_of_the_module(tmp_path):
+    """The README's `python tune/run_tune.py ...` still works (here: its one-line usage error)."""
+    proc = subprocess.run([sys.executable, SCRIPT, "--model", "SASRec", "--dataset", "ml-100k"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: the following arguments are required: --space (see 'python tune/run_tune.py --help')"]
+
+
+def test_overrides_take_both_forms():
+    args = run_tune.parse_args(["--model", "SASRec", "--dataset", "ml-100k", "--space", "s.yaml",
+                                "--epochs", "2", "--eval_step=1", "--seed", "7"])
+    assert args.cmd_args == ["--epochs=2", "--eval_step=1"] and args.seed == 7
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +98,6 @@ def sweep(tmp_path_factory):
             "--config_files", base, "--debug", "--debug_samples", "60", "--num_cpus", "2",
             "--cpus_per_trial", "1", "--output_dir", str(out), "--ray_dir", str(work / "ray"),
             "--epochs=2", "--eval_step=1"]
-    run_tune = load_run_tune()
-    sys.modules["run_tune"] = run_tune  # so it can be shipped to Ray workers by value
     cwd, threads, stdout = os.getcwd(), torch.get_num_threads(), io.StringIO()
     os.chdir(work)
     try:
@@ -98,7 +106,6 @@ def sweep(tmp_path_factory):
     finally:
         os.chdir(cwd)
         torch.set_num_threads(threads)
-        sys.modules.pop("run_tune", None)
     assert code == 0, stdout.getvalue()[-3000:]
     with open(out / "trials.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))

@@ -2,6 +2,7 @@
 checkpoint, and RecBole's full-ranking interface on top of beam search."""
 import torch
 
+from recbole_etegrec.data.dataloader import add_code_fields
 from recbole_etegrec.decoding import scores_to_item_matrix
 
 
@@ -19,9 +20,19 @@ class CodeSequenceMixin:
         if para and "code_table" in para:
             self.code_table = type(self.code_table).from_state_dict(para["code_table"])
 
-    @staticmethod
-    def history(interaction):
+    def with_code_fields(self, interaction):
+        """``interaction`` with the code-sequence fields, built from this model's code table exactly
+        as the code-sequence loaders build them. Rows read straight from a dataset lack them:
+        RecBole's ``case_study.full_sort_topk`` feeds ``dataset[index]`` to ``full_sort_predict``."""
+        if "code_input" in interaction:
+            return interaction
+        device = interaction[self.ITEM_ID].device
+        return add_code_fields(interaction.to("cpu"), self.code_table.codes, self.ITEM_ID, self.ITEM_SEQ,
+                               self.ITEM_SEQ_LEN).to(device)
+
+    def history(self, interaction):
         """The history part of the code sequences (the same length for every row: left padding)."""
+        interaction = self.with_code_fields(interaction)
         end = int(interaction["seq_end_position"][0]) + 1
         return interaction["code_input"][:, :end], interaction["code_attention"][:, :end]
 

@@ -10,6 +10,8 @@ The recommender reads and writes codes through its *own copy* of the tokenizer's
 (``self.codebooks``): DDP cannot share one parameter between two modules trained in alternation,
 so the trainer copies them across at every phase change (``sync_codebooks``).
 """
+import copy
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -20,9 +22,9 @@ from recbole_etegrec.decoding import beam_search
 from recbole_etegrec.model.backbone import build_llama, run_backbone
 from recbole_etegrec.model.code_model import CodeSequenceMixin
 from recbole_etegrec.model.losses import symmetric_info_nce, symmetric_kl
-from recbole_etegrec.tokenizer import build_code_table, load_or_pretrain
+from recbole_etegrec.stages.item_tokenizer import item_tokenizer_of
+from recbole_etegrec.tokenizer import build_code_table
 from recbole_etegrec.tokenizer.rqvae import mlp
-from recbole_etegrec.utils import main_process_first
 
 
 class ETEGRec(CodeSequenceMixin, SequentialRecommender):
@@ -41,10 +43,10 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
         self.phase, self.align = "rec", True
         self._item_semantics = None  # cached tokenizer outputs while the tokenizer is frozen
 
-        # tokenizer: the pretrained RQ-VAE (trained further in the trainer's tokenizer epochs)
-        with main_process_first():  # under DDP rank 0 pretrains/caches, the others then load
-            bundle = load_or_pretrain(config, dataset)
-        self.tokenizer = bundle.rqvae
+        # tokenizer: the stage's pretrained RQ-VAE (trained further in the trainer's tokenizer epochs);
+        # a copy, so the stage's bundle stays the pretrained one whatever this model trains
+        bundle = item_tokenizer_of(dataset)
+        self.tokenizer = copy.deepcopy(bundle.rqvae)
         self.register_buffer("item_emb", bundle.item_emb.float(), persistent=False)
         self.code_table = bundle.code_table
 

@@ -22,7 +22,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 from recbole_etegrec.decoding import beam_search
 from recbole_etegrec.errors import EtegrecError
 from recbole_etegrec.model.code_model import CodeSequenceMixin
-from recbole_etegrec.tokenizer import load_or_pretrain
+from recbole_etegrec.stages.item_tokenizer import item_tokenizer_of
 
 PAD, EOS, N_SPECIAL = 0, 1, 2
 # transformers >= 5 names the KV cache argument `cache`; 4.x calls it `past_key_values`
@@ -39,8 +39,8 @@ class TIGER(CodeSequenceMixin, SequentialRecommender):
         self.code_num, self.code_length = config["code_num"], config["code_length"]
         self.num_beams, self.chunk_size = config["num_beams"], config["generate_chunk_size"]
         self.use_kv_cache, self.append_eos = config["use_kv_cache"], config["append_eos"]
-        # codes are fixed for TIGER: keep the tokenizer's code table, not the RQ-VAE itself
-        self.code_table = load_or_pretrain(config, dataset).code_table
+        # codes are fixed for TIGER: keep the tokenizer stage's code table, not the RQ-VAE itself
+        self.code_table = item_tokenizer_of(dataset).code_table
         if self.code_table.code_num != self.code_num or self.code_table.code_length != self.code_length:
             raise EtegrecError(
                 f"tokenizer code table has code_num {self.code_table.code_num}, code_length "

@@ -9,6 +9,8 @@ trainer the pipeline builds (RecBole's, TIGER's, ETEGRec's).
   ``--resume_file=<...>-last.pth`` continues exactly where the uninterrupted run would be.
   It is written at the start of the next epoch (the state there equals "after epoch e") and when
   ``fit`` returns.
+* With ``llama_path`` both are lean (``trainer/lean.py``): the frozen base weights are left out and
+  reloaded from ``llama_path``, whose ``config.json`` fingerprint the checkpoint records.
 * A NaN/inf batch loss, or one above ``LOSS_EXPLOSION`` x the first loss of its phase, stops the
   run with one line naming the learning rate; the best checkpoint so far stays on disk.
 """
@@ -18,9 +20,11 @@ import os
 import torch
 from recbole.utils import set_color
 
+from recbole_etegrec import distributed
 from recbole_etegrec.errors import EtegrecError
 from recbole_etegrec.io import atomic_torch_save, remove_stale_tmp
 from recbole_etegrec.rng import get_rng_state, set_rng_state
+from recbole_etegrec.trainer.lean import lean_metadata, lean_state_dict, load_model_state
 
 LOSS_EXPLOSION = 100.0
 _KIND = "recbole_etegrec-checkpoint"
@@ -55,12 +59,12 @@ class ResumableTrainerMixin:
         return {
             "kind": _KIND, "model": self.config["model"], "config": self.config, "epoch": epoch,
             "cur_step": self.cur_step, "best_valid_score": self.best_valid_score,
-            "state_dict": self.model.state_dict(), "other_parameter": self.model.other_parameter(),
-            **self.optimizer_states(),
+            "state_dict": lean_state_dict(self.model, self.config), "other_parameter": self.model.other_parameter(),
+            **lean_metadata(self.config), **self.optimizer_states(),
         }
 
     def _is_writer(self):
-        return self.config["single_spec"] or self.config["local_rank"] == 0
+        return distributed.is_writer(self.config)
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         if not self._is_writer():
@@ -149,7 +153,8 @@ class ResumableTrainerMixin:
             raise EtegrecError(f"resume_file '{resume_file}' is a {found} checkpoint, not {self.config['model']}: "
                                "give a checkpoint this model wrote")
         try:
-            self.model.load_state_dict(checkpoint["state_dict"])
+            load_model_state(self.model, checkpoint, resume_file, self.config["llama_path"],
+                             label=f"resume_file '{resume_file}'", fix="resume with the config that wrote it")
             self.model.load_other_parameter(checkpoint.get("other_parameter"))
             self.load_optimizer_states(checkpoint)
         except (RuntimeError, KeyError, ValueError) as err:

@@ -5,13 +5,21 @@ epoch; the last ``finetune_epochs`` train the recommender alone. At every phase 
 codebooks are copied across (recommender copy <-> tokenizer), and after each tokenizer epoch
 every item is re-tokenized and the new code table pushed to the train/valid/test loaders.
 Everything else (logging, validation, early stopping, checkpoints) is RecBole's.
+
+With ``log_tensorboard: True`` the RecBole TensorBoard writer (``log_tensorboard/<log name>/``)
+also gets, per epoch, the mean batch value of each loss term (``ETEGRec/rec_code_loss`` or
+``ETEGRec/id_vq_loss``, ``ETEGRec/sia``, ``ETEGRec/psa``), every validation metric
+(``valid/<metric>``) and, at the start of ``fit`` (step ``start_epoch - 1``) and after every
+tokenizer epoch, the tokenizer health (``trainer/health.py``: ``ETEGRec/tokenizer_recon``,
+``ETEGRec/collision_rate``, ``ETEGRec/utilization_l<level>``, ``ETEGRec/entropy_l<level>``).
 """
-import torch
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
+from recbole_etegrec import distributed
 from recbole_etegrec.trainer.checkpoint import ResumableTrainerMixin
-from recbole_etegrec.trainer.code_table import CodeTableTrainerMixin
+from recbole_etegrec.trainer.code_table_sync import CodeTableTrainerMixin
+from recbole_etegrec.trainer.health import format_health, tokenizer_health
 from recbole_etegrec.trainer.optim import build_adamw
 
 
@@ -29,10 +37,9 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
         self.cycle, self.warm_epoch = config["cycle"], config["warm_epoch"]
         self.finetune_epochs = config["finetune_epochs"]
         self._ddp = {}
+        self.log_tensorboard = bool(config["log_tensorboard"])
         if self.distributed:  # every rank must read the checkpoint rank 0 writes
-            name = [self.saved_model_file]
-            torch.distributed.broadcast_object_list(name, src=0)
-            self.saved_model_file = name[0]
+            self.saved_model_file = distributed.broadcast_from_rank0(self.saved_model_file)
 
     def _build_optimizer(self, **kwargs):
         kind, wd = self.config["optimizer"], self.config["weight_decay"]
@@ -60,23 +67,71 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
         self.optimizer = self.id_optimizer if phase == "id" else self.rec_optimizer
         name = "tokenizer" if phase == "id" else "recommender"
         self.logger.info(set_color(f"epoch {epoch_idx}: {name} epoch", "cyan"))
+        self._batches = 0
         loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        self._log_loss_terms(epoch_idx, phase, loss)
         if phase == "id":
             table = self.model.retokenize()
             self.model.sync_codebooks("to_rec")
             train_data.set_code_table(table.codes)  # the slot is shared: valid/test loaders follow
             self.logger.info(f"re-tokenized items: collision rate {table.collision_rate():.4f}, "
                              f"max suffix {table.max_suffix}")
+            self._log_health(epoch_idx, always_log=True)
         return loss
+
+    # -- TensorBoard (log_tensorboard) -------------------------------------------------------
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
+            callback_fn=None) -> tuple:
+        self._log_health(self.start_epoch - 1)  # the tokenizer the run starts from
+        try:
+            return super().fit(train_data, valid_data, verbose=verbose, saved=saved,
+                               show_progress=show_progress, callback_fn=callback_fn)
+        finally:
+            if self.log_tensorboard:
+                self.tensorboard.flush()
+
+    def _check_nan(self, loss):
+        self._batches = getattr(self, "_batches", 0) + 1  # once per batch: the loss-term means
+        return super()._check_nan(loss)
+
+    def _tensorboard_on(self):
+        return self.log_tensorboard and self._is_writer()
+
+    def _log_loss_terms(self, epoch_idx, phase, loss):
+        """Mean per batch of each term ``calculate_loss`` returned: (main,) or (main, SIA, PSA)."""
+        if not self._tensorboard_on() or loss is None or not self._batches:
+            return
+        terms = loss if isinstance(loss, tuple) else (loss,)
+        names = ("id_vq_loss" if phase == "id" else "rec_code_loss", "sia", "psa")
+        for name, value in zip(names, terms):
+            self.tensorboard.add_scalar(f"ETEGRec/{name}", float(value) / self._batches, epoch_idx)
+
+    def _log_health(self, step, always_log=False):
+        if not (self._tensorboard_on() or always_log):
+            return
+        health = tokenizer_health(self.model)
+        if always_log:
+            self.logger.info(format_health(health))
+        if not self._tensorboard_on():
+            return
+        self.tensorboard.add_scalar("ETEGRec/tokenizer_recon", health["recon"], step)
+        self.tensorboard.add_scalar("ETEGRec/collision_rate", health["collision_rate"], step)
+        for level, (util, ent) in enumerate(zip(health["utilization"], health["entropy"])):
+            self.tensorboard.add_scalar(f"ETEGRec/utilization_l{level}", util, step)
+            self.tensorboard.add_scalar(f"ETEGRec/entropy_l{level}", ent, step)
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        if self._tensorboard_on():  # RecBole itself writes only the valid score ("Vaild_score")
+            for metric, value in (result or {}).items():
+                self.tensorboard.add_scalar(f"valid/{metric}", float(value), getattr(self, "_epoch_idx", 0))
+        return score, result
 
     def _ddp_for(self, phase):
         """One DDP per phase, built once while that phase's parameters are the trainable ones
         (construction also broadcasts rank 0's weights, so every rank starts equal)."""
         if phase not in self._ddp:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self._ddp[phase] = DistributedDataParallel(self.model, device_ids=ids)
+            self._ddp[phase] = distributed.wrap_ddp(self.model, self.device)
         return self._ddp[phase]
 
     # checkpoints: the mixin writes them; these are ETEGRec's extra parts

@@ -13,7 +13,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from recbole_etegrec.errors import EtegrecError
 from recbole_etegrec.trainer.checkpoint import ResumableTrainerMixin
-from recbole_etegrec.trainer.code_table import CodeTableTrainerMixin
+from recbole_etegrec.trainer.code_table_sync import CodeTableTrainerMixin
 from recbole_etegrec.trainer.optim import build_adamw
 
 SCHEDULES = ("constant", "inverse_sqrt", "cosine")

