@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 import traceback
+from typing import List
 
 import yaml
 
@@ -19,7 +20,7 @@ COLUMNS = (
 )
 
 
-def result_row(result):
+def result_row(result) -> dict:
     if result.get("error"):
         return {"model": result["model"], "status": f"failed: {result['error']}"}
     row = {"model": result["model"], "status": "ok"}
@@ -31,7 +32,7 @@ def result_row(result):
     return row
 
 
-def markdown_table(rows, dataset):
+def markdown_table(rows, dataset) -> str:
     head = ["model"] + [c.replace("recall@", "R@").replace("ndcg@", "N@") for c in COLUMNS] + ["status"]
     lines = [f"Dataset: {dataset}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
@@ -46,7 +47,7 @@ def _fmt(value):
     return f"{value:.4f}" if isinstance(value, float) and value < 1 else str(value)
 
 
-def load_budget(dataset, path=None):
+def load_budget(dataset, path=None) -> dict:
     """The benchmark's compute budget: ``properties/benchmark/<dataset>.yaml`` holds ``common:``
     keys for every model and one section per model (e.g. ``SASRec: {epochs: 30}``)."""
     path = path or os.path.join(properties_dir(), "benchmark", f"{dataset}.yaml")
@@ -63,7 +64,7 @@ def load_budget(dataset, path=None):
 
 
 def run_models(models, dataset, config_files=None, config_dict=None, cmd_args=None,
-               benchmark_dir=None):
+               benchmark_dir=None) -> List[dict]:
     """Run ``models`` one after another; a model that fails is reported and the rest still run.
 
     With ``benchmark_dir`` the dataset's benchmark budget applies on top of the property files and
@@ -99,7 +100,7 @@ def run_models(models, dataset, config_files=None, config_dict=None, cmd_args=No
     return results
 
 
-def write_provenance(out_dir, dataset, budget, config_files, config_dict, cmd_args):
+def write_provenance(out_dir, dataset, budget, config_files, config_dict, cmd_args) -> None:
     """``DIR/run.yaml``: the exact command, code version and budget behind the tables."""
     try:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,7 +121,7 @@ def write_provenance(out_dir, dataset, budget, config_files, config_dict, cmd_ar
         yaml.safe_dump(info, f, sort_keys=False)
 
 
-def write_benchmark(rows, table, dataset, out_dir):
+def write_benchmark(rows, table, dataset, out_dir) -> List[str]:
     """Write results.md, results.csv and results.png, each atomically and independently (one
     failing write never stops the others, nor the remaining models); returns the failures."""
     failures = []
@@ -148,7 +149,7 @@ def write_benchmark(rows, table, dataset, out_dir):
     return failures
 
 
-def plot_test_metrics(rows, dataset, path):
+def plot_test_metrics(rows, dataset, path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

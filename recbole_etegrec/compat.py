@@ -41,7 +41,7 @@ class _TrustedLoadTorch(types.ModuleType):
         return torch.load(*args, **kwargs)
 
 
-def apply():
+def apply() -> None:
     global _APPLIED
     if _APPLIED:
         return

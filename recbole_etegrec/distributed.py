@@ -4,6 +4,7 @@ offers the few collective steps the plugin needs.
 """
 import os
 from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 
@@ -44,7 +45,7 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def broadcast_from_rank0(value):
+def broadcast_from_rank0(value) -> Any:
     """Rank 0's ``value`` on every rank (a picklable object)."""
     if not is_distributed():
         return value
@@ -54,7 +55,7 @@ def broadcast_from_rank0(value):
 
 
 @contextmanager
-def main_process_first():
+def main_process_first() -> Iterator[None]:
     """Under DDP, let rank 0 run the block (e.g. build a cache) before the other ranks."""
     rank = torch.distributed.get_rank() if is_distributed() else 0
     if rank != 0:

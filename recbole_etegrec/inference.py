@@ -19,6 +19,7 @@ the code models need the item tokenizer stage, which pretrains an RQ-VAE (and, f
 """
 import os
 from logging import getLogger
+from typing import TYPE_CHECKING, Tuple
 
 import torch
 from recbole.utils import init_seed
@@ -29,6 +30,13 @@ from recbole_etegrec.quick_start import load_split
 from recbole_etegrec.registry import get_model
 from recbole_etegrec.stages.item_tokenizer import attach_item_tokenizer, prepare_item_tokenizer
 from recbole_etegrec.trainer.lean import check_base_model, first_error_line, load_model_state
+
+if TYPE_CHECKING:
+    from recbole.data.dataloader import AbstractDataLoader
+    from recbole.data.dataset import Dataset
+    from recbole.model.abstract_recommender import AbstractRecommender
+
+    from recbole_etegrec.config import Config
 
 _FIX_CHECKPOINT = "pass a file a training run wrote (saved/<Model>-<time>.pth)"
 
@@ -53,7 +61,9 @@ def load_checkpoint(model_file: str) -> dict:
     return checkpoint
 
 
-def load_data_and_model(model_file: str, state: str = None):
+def load_data_and_model(model_file: str, state: str = None) -> Tuple[
+    "Config", "AbstractRecommender", "Dataset", "AbstractDataLoader", "AbstractDataLoader", "AbstractDataLoader"
+]:
     """``(config, model, dataset, train_data, valid_data, test_data)`` as RecBole's function
     returns them; the model is in eval mode on ``config['device']`` (the CPU when the checkpoint
     was trained on a GPU this machine lacks). ``state`` overrides the log level (e.g. "warning")."""

@@ -8,19 +8,20 @@ killed writer are removed by ``remove_stale_tmp`` on the next run.
 import glob
 import os
 from contextlib import contextmanager
+from typing import IO, Iterator, List
 
 from recbole_etegrec.errors import EtegrecError
 
 TMP_TAG = ".tmp-"
 
 
-def tmp_name(path):
+def tmp_name(path) -> str:
     folder, name = os.path.split(os.path.abspath(path))
     return os.path.join(folder, f".{name}{TMP_TAG}{os.getpid()}")
 
 
 @contextmanager
-def atomic_path(path):
+def atomic_path(path) -> Iterator[str]:
     """For writers that want a file name (``savefig``, ``torch.save``): yields the temporary path."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp = tmp_name(path)
@@ -42,7 +43,7 @@ def atomic_path(path):
 
 
 @contextmanager
-def atomic_write(path, mode="wb", **open_kwargs):
+def atomic_write(path, mode="wb", **open_kwargs) -> Iterator[IO]:
     """``with atomic_write(p, "w") as f: f.write(...)``; ``p`` appears only once complete."""
     with atomic_path(path) as tmp:
         with open(tmp, mode, **open_kwargs) as f:
@@ -50,7 +51,7 @@ def atomic_write(path, mode="wb", **open_kwargs):
             f.flush()
 
 
-def atomic_torch_save(obj, path, **kwargs):
+def atomic_torch_save(obj, path, **kwargs) -> None:
     import torch
 
     with atomic_write(path, "wb") as f:
@@ -64,7 +65,7 @@ def _discard(tmp):
         pass
 
 
-def remove_stale_tmp(folder):
+def remove_stale_tmp(folder) -> List[str]:
     """Delete temporary files left in ``folder`` by writers that were killed (pid no longer alive)."""
     removed = []
     for tmp in glob.glob(os.path.join(glob.escape(folder), f".*{TMP_TAG}*")):
@@ -85,7 +86,7 @@ def _alive(pid):
     return True
 
 
-def check_writable(folder, key):
+def check_writable(folder, key) -> None:
     """Fail before training when an output folder cannot be created or written."""
     try:
         os.makedirs(folder, exist_ok=True)

@@ -3,6 +3,7 @@
 import os
 import time
 from logging import getLogger
+from typing import TYPE_CHECKING, Tuple
 
 import torch
 from recbole.trainer import Trainer
@@ -16,10 +17,14 @@ from recbole_etegrec.registry import get_model, get_trainer
 from recbole_etegrec.stages.item_tokenizer import prepare_item_tokenizer
 from recbole_etegrec.trainer.checkpoint import ResumableTrainerMixin
 
+if TYPE_CHECKING:
+    from recbole.data.dataloader import AbstractDataLoader
+    from recbole.data.dataset import Dataset
+
 REPORT_METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 
 
-def peak_memory_mb(device):
+def peak_memory_mb(device) -> float:
     """Peak memory of this process: CUDA allocator peak on GPU, max RSS on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -28,7 +33,7 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def load_split(config):
+def load_split(config) -> Tuple["Dataset", "AbstractDataLoader", "AbstractDataLoader", "AbstractDataLoader"]:
     """Seed, logger and RecBole's split for ``config``: ``(dataset, train, valid, test)``; the
     code models get code-sequence loaders."""
     init_seed(config["seed"], config["reproducibility"])
@@ -40,7 +45,7 @@ def load_split(config):
     return (dataset, *data_preparation(config, dataset))
 
 
-def load_data(config):
+def load_data(config) -> Tuple["Dataset", "AbstractDataLoader", "AbstractDataLoader", "AbstractDataLoader"]:
     """``load_split`` and, for code models, the item tokenizer stage: ``(dataset, train, valid,
     test)``, the code models finding the tokenizer on ``train._dataset``. Shared by training,
     the benchmarks and the tests."""
@@ -51,7 +56,7 @@ def load_data(config):
 
 
 def run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None, saved=True,
-        callback_fn=None, evaluate_test=True):
+        callback_fn=None, evaluate_test=True) -> dict:
     """Train and evaluate one model; returns a dict of metrics, timings and sizes.
 
     Every call builds the split anew; RecBole's leave-one-out split by time order is
@@ -111,7 +116,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None, 
     }
 
 
-def resumable(trainer_class):
+def resumable(trainer_class) -> type:
     """RecBole's trainers (SASRec, ...) get the plugin's atomic, resumable checkpoints too."""
     if issubclass(trainer_class, ResumableTrainerMixin) or not issubclass(trainer_class, Trainer):
         return trainer_class

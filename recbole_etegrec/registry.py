@@ -25,7 +25,7 @@ def _plugin_attr(module_name: str, attr: str):
     return getattr(module, attr, None)
 
 
-def get_model(model_name):
+def get_model(model_name) -> type:
     """Return the model class: this plugin's models first, then RecBole's."""
     if not isinstance(model_name, str):
         return model_name
@@ -43,7 +43,7 @@ def get_model(model_name):
         ) from None
 
 
-def get_trainer(model_type, model_name):
+def get_trainer(model_type, model_name) -> type:
     """Return ``<Model>Trainer`` from this plugin if it has one, else RecBole's choice."""
     trainer = _plugin_attr(f"{TRAINER_PACKAGE}.{model_name.lower()}_trainer", model_name + "Trainer")
     return trainer if trainer is not None else recbole_get_trainer(model_type, model_name)

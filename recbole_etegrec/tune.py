@@ -18,7 +18,7 @@ import math
 import os
 import sys
 import time
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray 2.6's classic, compact status table
 
@@ -27,12 +27,15 @@ import yaml  # noqa: E402
 from recbole_etegrec.errors import EtegrecError  # noqa: E402
 from recbole_etegrec.io import atomic_path, atomic_write  # noqa: E402
 
+if TYPE_CHECKING:
+    from ray.tune.schedulers import ASHAScheduler
+
 _SPACE_FIELDS = {"choice": ("values",), "grid": ("values",), "uniform": ("low", "high"),
                  "loguniform": ("low", "high"), "randint": ("low", "high")}
 
 
 # -- search space ------------------------------------------------------------------------------
-def load_space(path):
+def load_space(path) -> Tuple[dict, Dict[str, str]]:
     """Read a space file into ``({key: ray.tune domain}, {key: 'type [bounds]'})``; every mistake
     names the file and key, as a typo here would otherwise surface as a Ray error in every trial."""
     from ray import tune
@@ -86,13 +89,13 @@ def _number(value):
         return value
 
 
-def native(params):
+def native(params) -> dict:
     """numpy scalars -> Python ones: the plugin's Config type-checks ints, and YAML can't dump numpy."""
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in params.items()}
 
 
 # -- one trial (runs inside a Ray worker) -------------------------------------------------------
-def trial_fn(params, model, dataset, config_files, base_dict, cmd_args, cwd, metric_key, threads):
+def trial_fn(params, model, dataset, config_files, base_dict, cmd_args, cwd, metric_key, threads) -> None:
     """Train one sampled config. Ray starts workers in their own trial folders, so we move back to
     the launch folder (relative data_path/checkpoint_dir/log) and pin torch threads so concurrent
     trials do not oversubscribe the cores. ``gpu_id`` is the GPU Ray assigned (or none): RecBole
@@ -117,7 +120,7 @@ def trial_fn(params, model, dataset, config_files, base_dict, cmd_args, cwd, met
         saved=False, callback_fn=report, evaluate_test=False)
 
 
-def make_scheduler(max_t, grace_period, reduction_factor):
+def make_scheduler(max_t, grace_period, reduction_factor) -> "ASHAScheduler":
     """ASHA that remembers which trials it cut before ``max_t``, for the 'stopped-early' status
     (a trial stopped by ASHA and one that ended by itself look the same in the ResultGrid)."""
     from ray.tune.schedulers import ASHAScheduler, TrialScheduler
@@ -168,7 +171,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = "python tune/ru
     return args
 
 
-def resolve(args, space):
+def resolve(args, space) -> Tuple[dict, str, str, int]:
     """Build the trial-independent config once here: it fails fast on bad files/keys and tells
     us the metric to tune (valid_metric), its direction, and ASHA's max_t (evaluations/trial)."""
     from recbole_etegrec.config import Config
@@ -193,7 +196,7 @@ def resolve(args, space):
     return base, f"valid_{metric}", "max" if config["valid_metric_bigger"] else "min", max_t
 
 
-def collect(results, space_keys, metric_key, mode, cut):
+def collect(results, space_keys, metric_key, mode, cut) -> List[dict]:
     """One row per trial from the ResultGrid: sampled params, best valid metric, curve, status."""
     rows = []
     for result in results:
@@ -214,11 +217,11 @@ def collect(results, space_keys, metric_key, mode, cut):
     return sorted(rows, key=lambda r: r["trial_id"])
 
 
-def fmt(value):
+def fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
 
 
-def write_outputs(out, rows, columns, metric_key, header):
+def write_outputs(out, rows, columns, metric_key, header) -> str:
     """trials.csv (machine-readable), trials.md (the printed table) and valid_curves.png."""
     import matplotlib
 
@@ -251,7 +254,7 @@ def write_outputs(out, rows, columns, metric_key, header):
     return "\n".join(table)
 
 
-def fixed_settings(args):
+def fixed_settings(args) -> str:
     """The sweep's non-sampled settings as CLI flags, to reproduce a trial outside the sweep."""
     files = ",".join(os.path.relpath(p) for p in args.config_files)
     debug = (["--debug"] if args.debug else []) + (
@@ -259,7 +262,7 @@ def fixed_settings(args):
     return " ".join(([f"--config_files {files}"] if files else []) + debug + args.cmd_args)
 
 
-def write_best_config(path, best, notes, args, metric_key):
+def write_best_config(path, best, notes, args, metric_key) -> None:
     """The best sampled params as a property file (`key: value  # (type) meaning`), so
     `run_recbole_etegrec.py --config_files <the sweep's files>,best_config.yaml` reproduces it."""
     lines = [f"# (tune) Best trial {best['trial_id']} of a {args.model} sweep on {args.dataset}: "
@@ -273,7 +276,7 @@ def write_best_config(path, best, notes, args, metric_key):
         f.write("\n".join(lines) + "\n")
 
 
-def final_run(args, base, best, space_keys, out):
+def final_run(args, base, best, space_keys, out) -> str:
     """Rerun the best config once, saved=True, in this process: the only test-metric evaluation.
     It gets a trial's thread count: on small machines extra torch threads only slow it down."""
     import torch
@@ -325,7 +328,7 @@ def _fit(args, space, base, metric_key, mode, max_t, stamp):
     return results, time.time() - start, type(scheduler).cut
 
 
-def sweep(args):
+def sweep(args) -> int:
     """Run the sweep and write every output; returns the process exit code."""
     import ray
 

@@ -13,6 +13,7 @@ import json
 import math
 import os
 from functools import lru_cache
+from typing import Set
 
 import yaml
 
@@ -32,7 +33,8 @@ _NON_NEGATIVE = ("warm_epoch", "finetune_epochs", "warmup_steps", "rqvae_ae_warm
                  "rqvae_weight_decay", "rqvae_beta", "id_vq_loss", "id_kl_loss", "id_dec_cl_loss",
                  "rec_code_loss", "rec_kl_loss", "rec_dec_cl_loss")
 _POSITIVE_FLOAT = ("learning_rate", "lr_rec", "lr_id", "lr_codebook", "rqvae_lr", "tau", "code_temperature")
-_PROBABILITY = ("window_overlap", "lora_dropout", "rqvae_dropout", "dropout_rate", "hidden_dropout_prob", "attn_dropout_prob")
+_PROBABILITY = ("window_overlap", "lora_dropout", "rqvae_dropout", "dropout_rate", "hidden_dropout_prob",
+                "attn_dropout_prob")
 _CHOICES = {
     "precision": ("fp32", "bf16", "fp16"),
     "item_emb_source": ("sasrec", "text", "file"),
@@ -62,7 +64,7 @@ def _yaml_keys(folder):
     return frozenset(str(k) for k in keys)
 
 
-def known_keys(config):
+def known_keys(config) -> Set[str]:
     from recbole_etegrec.registry import properties_dir
 
     known = set(config.internal_config_dict) | _EXTRA_KNOWN | _yaml_keys(properties_dir())
@@ -71,7 +73,7 @@ def known_keys(config):
     return known
 
 
-def check_unknown_keys(config, sources):
+def check_unknown_keys(config, sources) -> None:
     known = known_keys(config)
     for key in config.external_config_dict:
         if key in known:
@@ -92,7 +94,7 @@ def _number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def check_ranges(config, sources):
+def check_ranges(config, sources) -> None:
     get = config.final_config_dict.get
     for key in _POSITIVE_INT:
         value = get(key)
@@ -152,7 +154,7 @@ def _check_llama(config, sources):
         _fail("llama_config.num_key_value_heads", kv, f"a divisor of num_attention_heads ({heads})", sources)
 
 
-def check_llama_path(path):
+def check_llama_path(path) -> None:
     """``llama_path`` must be a local folder whose config.json is a LLaMA-family model: any other
     family loads into LlamaModel as random weights with only a transformers warning."""
     config_file = os.path.join(path, "config.json")
@@ -171,6 +173,6 @@ def check_llama_path(path):
                            "LLaMA checkpoint (model_type 'llama' in config.json)")
 
 
-def validate(config, sources):
+def validate(config, sources) -> None:
     check_unknown_keys(config, sources)
     check_ranges(config, sources)

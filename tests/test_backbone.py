@@ -12,7 +12,8 @@ from recbole_etegrec.trainer.optim import build_adamw
 from tests.conftest import TINY_LLAMA
 
 BASE = {"precision": "fp32", "llama_config": None, "lora": False, "gradient_checkpointing": False,
-        "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+        "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+        "lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 
 
 @pytest.fixture(scope="module")

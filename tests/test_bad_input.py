@@ -34,7 +34,8 @@ CASES = [
     ("chunk_zero", "ETEGRec", ["--generate_chunk_size=0"], "'generate_chunk_size' from the command line must be"),
     ("code_length_1", "ETEGRec", ["--code_length=1"], "'code_length' from the command line must be >= 2"),
     ("heads_not_dividing", "ETEGRec", ["--config_files={odd_heads}"], "'llama_config.hidden_size' from config file"),
-    ("sasrec_heads", "SASRec", ["--hidden_size=33"], "'hidden_size' from the command line must be a multiple of n_heads"),
+    ("sasrec_heads", "SASRec", ["--hidden_size=33"],
+     "'hidden_size' from the command line must be a multiple of n_heads"),
     ("lora_r_zero", "ETEGRec", ["--lora_r=0"], "'lora_r' from the command line must be a positive integer"),
     ("lr_rec_negative", "ETEGRec", ["--lr_rec=-0.001"], "'lr_rec' from the command line must be a positive number"),
     ("lr_id_zero", "ETEGRec", ["--lr_id=0"], "'lr_id' from the command line must be a positive number"),
@@ -48,19 +49,24 @@ CASES = [
     ("tau_zero", "ETEGRec", ["--tau=0"], "'tau' from the command line must be a positive number"),
     ("dropout_above_1", "TIGER", ["--dropout_rate=1.5"], "'dropout_rate' from the command line must be a probability"),
     ("precision_unknown", "ETEGRec", ["--precision=fp64"], "'precision' from the command line must be one of"),
-    ("emb_source_unknown", "TIGER", ["--item_emb_source=web"], "'item_emb_source' from the command line must be one of"),
-    ("optimizer_unknown", "ETEGRec", ["--optimizer=sgd"], "'optimizer' from the command line must be adamw or adamw8bit"),
+    ("emb_source_unknown", "TIGER", ["--item_emb_source=web"],
+     "'item_emb_source' from the command line must be one of"),
+    ("optimizer_unknown", "ETEGRec", ["--optimizer=sgd"],
+     "'optimizer' from the command line must be adamw or adamw8bit"),
     ("scheduler_unknown", "TIGER", ["--lr_scheduler=linear"], "'lr_scheduler' from the command line must be one of"),
     ("eval_step_negative", "SASRec", ["--eval_step=-1"], "'eval_step' from the command line must be >= 0"),
     # typos: unknown keys name the closest known key
-    ("typo_num_beam", "ETEGRec", ["--num_beam=1"], "unknown config key 'num_beam' from the command line: did you mean 'num_beams'?"),
-    ("typo_lr_recc", "ETEGRec", ["--lr_recc=5.0"], "unknown config key 'lr_recc' from the command line: did you mean 'lr_rec'?"),
+    ("typo_num_beam", "ETEGRec", ["--num_beam=1"],
+     "unknown config key 'num_beam' from the command line: did you mean 'num_beams'?"),
+    ("typo_lr_recc", "ETEGRec", ["--lr_recc=5.0"],
+     "unknown config key 'lr_recc' from the command line: did you mean 'lr_rec'?"),
     ("typo_in_yaml", "ETEGRec", ["--config_files={typo_yaml}"], "unknown config key 'num_beam' from config file"),
     ("typo_tiger_layers", "TIGER", ["--num_layer=2"], "unknown config key 'num_layer'"),
     # command line, files, names
     ("unknown_model", "SASRek", [], "unknown model 'SASRek'"),
     ("stray_argument", "SASRec", ["oops"], "unrecognized argument 'oops'"),
-    ("missing_config_file", "SASRec", ["--config_files=/nonexistent/x.yaml"], "does not exist: check the --config_files"),
+    ("missing_config_file", "SASRec", ["--config_files=/nonexistent/x.yaml"],
+     "does not exist: check the --config_files"),
     ("invalid_yaml", "SASRec", ["--config_files={broken_yaml}"], "broken.yaml' is not valid YAML (line 3)"),
     ("yaml_not_mapping", "SASRec", ["--config_files={list_yaml}"], "must be a YAML mapping"),
     ("llama_path_bert", "ETEGRec", ["--llama_path={bert_dir}"], "holds a 'bert' model, not LLaMA"),
@@ -72,18 +78,22 @@ CASES = [
     ("inter_header_only", "Pop", ["--dataset", "headeronly", "--data_path={data}"], "has a header but no interactions"),
     ("inter_not_utf8", "Pop", ["--dataset", "latin1", "--data_path={data}"], "latin1.inter: line 3 is not UTF-8"),
     ("inter_short_line", "Pop", ["--dataset", "short", "--data_path={data}"], "short.inter: line 3 has 2 fields"),
-    ("inter_not_number", "Pop", ["--dataset", "nonnum", "--data_path={data}"], "column 'timestamp:float' holds 'yesterday'"),
-    ("inter_bad_header", "Pop", ["--dataset", "badheader", "--data_path={data}"], "header column 'user_id' must look like"),
+    ("inter_not_number", "Pop", ["--dataset", "nonnum", "--data_path={data}"],
+     "column 'timestamp:float' holds 'yesterday'"),
+    ("inter_bad_header", "Pop", ["--dataset", "badheader", "--data_path={data}"],
+     "header column 'user_id' must look like"),
     # item embeddings and tokenizer
     ("emb_nan", "ETEGRec", ["--item_emb_file={nan_npy}"], "hold NaN/inf in 1 rows (e.g. rows [5])"),
     ("emb_inf", "TIGER", ["--item_emb_file={inf_npy}"], "hold NaN/inf in 1 rows (e.g. rows [7])"),
     ("emb_identical", "TIGER", ["--item_emb_file={same_npy}"], "items share one identical embedding"),
     ("emb_wrong_shape", "ETEGRec", ["--item_emb_file={short_npy}"], "have shape (10, 16)"),
     ("emb_not_npy", "ETEGRec", ["--item_emb_file={garbage}"], "is not a readable .npy array"),
-    ("emb_missing", "ETEGRec", ["--item_emb_file=/nonexistent/e.npy"], "item_emb_file '/nonexistent/e.npy' does not exist"),
+    ("emb_missing", "ETEGRec", ["--item_emb_file=/nonexistent/e.npy"],
+     "item_emb_file '/nonexistent/e.npy' does not exist"),
     ("tokenizer_path_garbage", "TIGER", ["--tokenizer_path={garbage}"], "cannot be read ("),
     # resume files
-    ("resume_missing", "ETEGRec", ["--resume_file=/nonexistent/x.pth"], "resume_file '/nonexistent/x.pth' does not exist"),
+    ("resume_missing", "ETEGRec", ["--resume_file=/nonexistent/x.pth"],
+     "resume_file '/nonexistent/x.pth' does not exist"),
     ("resume_random_bytes", "ETEGRec", ["--resume_file={garbage}"], "cannot be read"),
     ("resume_truncated", "ETEGRec", ["--resume_file={truncated}"], "it is truncated or not a checkpoint"),
     ("resume_other_model", "ETEGRec", ["--resume_file={sasrec_ckpt}"], "is a SASRec checkpoint, not ETEGRec"),
@@ -95,7 +105,8 @@ CASES = [
      "benchmark_dir '"),
     # training that diverges: stopped with the learning rate named, best checkpoint kept
     ("lr_rec_explodes", "ETEGRec", [*TRAIN, "--lr_rec=10"], "exploded"),
-    ("sasrec_lr_explodes", "SASRec", ["--learning_rate=10", "--epochs=3"], "(learning_rate=10): lower the learning rate"),
+    ("sasrec_lr_explodes", "SASRec", ["--learning_rate=10", "--epochs=3"],
+     "(learning_rate=10): lower the learning rate"),
 ]
 
 
@@ -120,8 +131,10 @@ def artifacts(tiny_config_dict, tmp_path_factory):
     paths["bert_dir"] = tmp / "bert"
     data = tmp / "data"
     paths["data"] = data
-    for name, content in {"empty": b"", "headeronly": HEADER.encode(), "latin1": (HEADER + "1\t2\t3\n1\tcaf\xe9\t4\n").encode("latin-1"),
-                          "short": (HEADER + "1\t2\t3\n1\t3\n").encode(), "nonnum": (HEADER + "1\t2\tyesterday\n").encode(),
+    for name, content in {"empty": b"", "headeronly": HEADER.encode(),
+                          "latin1": (HEADER + "1\t2\t3\n1\tcaf\xe9\t4\n").encode("latin-1"),
+                          "short": (HEADER + "1\t2\t3\n1\t3\n").encode(),
+                          "nonnum": (HEADER + "1\t2\tyesterday\n").encode(),
                           "badheader": b"user_id\titem_id\n1\t2\n"}.items():
         (data / name).mkdir(parents=True)
         (data / name / f"{name}.inter").write_bytes(content)

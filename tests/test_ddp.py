@@ -18,7 +18,7 @@ def test_two_process_ddp_training(tiny_config_dict, tmp_path):
            str(Path(__file__).with_name("ddp_worker.py")), json.dumps(cfg)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600,
                          cwd=Path(__file__).resolve().parents[1])
-    lines = [l for l in out.stdout.splitlines() if l.startswith("DDP_RESULT ")]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("DDP_RESULT ")]
     assert out.returncode == 0 and lines, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads(lines[0][len("DDP_RESULT "):])
     assert result["ranks_equal"]

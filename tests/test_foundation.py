@@ -79,7 +79,7 @@ def test_bad_dataset_inputs_give_one_error_line(tmp_path):
         out = _run_script("--model", "Pop", "--dataset", name, f"--data_path={data}",
                           f"--checkpoint_dir={tmp_path / 'saved'}", cwd=tmp_path)
         assert out.returncode == 2, out.stderr[-2000:]
-        errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+        errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
         assert "Traceback" not in out.stderr
 
@@ -98,5 +98,5 @@ def test_run_script_sasrec_end_to_end(tmp_path):
                       "--inner_size=32", f"--checkpoint_dir={tmp_path}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Loading model structure and parameters from" in out.stdout + out.stderr
-    table = [l for l in out.stdout.splitlines() if l.startswith("| SASRec |")]
+    table = [line for line in out.stdout.splitlines() if line.startswith("| SASRec |")]
     assert table and table[0].endswith("| ok |")

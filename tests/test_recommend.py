@@ -37,7 +37,7 @@ def loaded(checkpoints):
 
 def test_plugin_load_path_matches_recbole_full_sort_topk(loaded):
     """RecBole's case-study API on the plugin's load_data_and_model == recommend() on the same history."""
-    for name, (config, model, dataset, _, _, test_data) in loaded.items():
+    for name, (config, model, _dataset, _, _, test_data) in loaded.items():
         feat = test_data.dataset.inter_feat
         uid, lists, lengths = feat["user_id"], feat["item_id_list"], feat["item_length"]
         for row in range(3):
@@ -78,7 +78,8 @@ def test_recommend_by_items_table_and_exclude_history(checkpoints, loaded, capsy
     tokens = ["242", "302", "377"]
     assert main(["--checkpoint", checkpoints["TIGER"], "--items", ",".join(tokens), "--topk", "4"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "TIGER on ml-100k: top 4 for the given items" in lines[0] and lines[1].split()[:3] == ["rank", "item", "score"]
+    assert "TIGER on ml-100k: top 4 for the given items" in lines[0]
+    assert lines[1].split()[:3] == ["rank", "item", "score"]
     ids = [int(i) for i in dataset.token2id("item_id", tokens)]
     expected = recommend(model, config, ids, topk=4)
     assert [line.split()[1] for line in lines[2:]] == [dataset.field2id_token["item_id"][i] for i, _ in expected]

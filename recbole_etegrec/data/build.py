@@ -5,6 +5,7 @@ hands code models (``uses_item_codes = True`` on the config's model class) the c
 loaders and everything else RecBole's own loaders.
 """
 from logging import getLogger
+from typing import TYPE_CHECKING, Tuple
 
 from recbole.data import create_dataset as recbole_create_dataset
 from recbole.data import data_preparation as recbole_data_preparation
@@ -18,8 +19,12 @@ from recbole_etegrec.data.dataloader import (
 )
 from recbole_etegrec.errors import EtegrecError
 
+if TYPE_CHECKING:
+    from recbole.data.dataloader import AbstractDataLoader
+    from recbole.data.dataset import Dataset
 
-def create_dataset(config):
+
+def create_dataset(config) -> "Dataset":
     check_inter_file(config)
     dataset = recbole_create_dataset(config)
     drop_duplicate_interactions(dataset)
@@ -28,7 +33,7 @@ def create_dataset(config):
     return dataset
 
 
-def drop_duplicate_interactions(dataset):
+def drop_duplicate_interactions(dataset) -> int:
     """Duplicate rule: interactions equal in every loaded column (user, item, timestamp, ...) are
     one interaction written twice (a copy error, not a re-consumption, which has its own time);
     the first is kept, the rest dropped before the split, and their count is logged as a warning."""
@@ -42,7 +47,7 @@ def drop_duplicate_interactions(dataset):
     return count
 
 
-def keep_first_users(dataset, n_users):
+def keep_first_users(dataset, n_users) -> "Dataset":
     """Keep the interactions of the first ``n_users`` users (by internal id) for a fast sanity run."""
     uid = dataset.inter_feat[dataset.uid_field]  # a pandas Series until dataset.build()
     keep = sorted(uid.unique())[:n_users]
@@ -51,7 +56,7 @@ def keep_first_users(dataset, n_users):
     return dataset
 
 
-def data_preparation(config, dataset):
+def data_preparation(config, dataset) -> Tuple["AbstractDataLoader", "AbstractDataLoader", "AbstractDataLoader"]:
     model_class = config.model_class  # set by RecBole's Config; no model module is imported here
     if not getattr(model_class, "uses_item_codes", False):
         return recbole_data_preparation(config, dataset)

@@ -6,7 +6,7 @@ from recbole_etegrec.errors import EtegrecError
 _TYPES = {"token", "float", "token_seq", "float_seq"}
 
 
-def check_inter_file(config):
+def check_inter_file(config) -> str:
     """Validate ``<data_path>/<dataset>.inter``: it exists, has a typed header, and every line has
     as many fields as the header with numbers where the header says float."""
     name, folder = config["dataset"], config["data_path"]

@@ -23,10 +23,14 @@ the train, valid and test batches together.
 """
 import math
 from logging import getLogger
+from typing import TYPE_CHECKING, Tuple
 
 import numpy as np
 import torch
 from recbole.data.dataloader import FullSortEvalDataLoader, TrainDataLoader
+
+if TYPE_CHECKING:
+    from recbole.data.interaction import Interaction
 
 TRAIN_MODES = ("sequence", "prefix")
 
@@ -38,7 +42,7 @@ class CodeTableSlot:
         self.codes = None  # LongTensor [n_items, code_length]
 
 
-def add_code_fields(interaction, codes, item_field, list_field, length_field, supervise="last"):
+def add_code_fields(interaction, codes, item_field, list_field, length_field, supervise="last") -> "Interaction":
     if codes is None:
         raise RuntimeError("no code table set on the loaders: call loader.set_code_table(codes) first")
     items, lengths = interaction[list_field], interaction[length_field]
@@ -77,7 +81,7 @@ def add_code_fields(interaction, codes, item_field, list_field, length_field, su
 SUPERVISED_FIELD = "supervised_targets"  # sequence rows: how many of the row's last boundaries are trained
 
 
-def sequence_rows(dataset, max_len, stride=None):
+def sequence_rows(dataset, max_len, stride=None) -> Tuple[np.ndarray, np.ndarray]:
     """RecBole's prefix samples that, together, hold every training target once:
     ``(row indices, supervised targets per row)``.
 
@@ -110,7 +114,7 @@ def sequence_rows(dataset, max_len, stride=None):
     return order[chosen][keep], supervised[chosen][keep]
 
 
-def window_stride(max_len, overlap):
+def window_stride(max_len, overlap) -> int:
     """Targets between consecutive windows for a ``window_overlap`` fraction (0: disjoint)."""
     return max(1, min(max_len, round(max_len * (1.0 - overlap))))
 

@@ -35,7 +35,7 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
@@ -48,7 +48,7 @@ _FIX_SOURCE = ("pass a folder (or file) holding <X>.inter.json (LC-Rec JSON) or 
                "<Category>_5.json.gz (raw Amazon 2018)")
 
 
-def detect(source):
+def detect(source) -> Tuple[str, Path]:
     """Return ``(kind, path)`` with kind ``"lcrec"`` or ``"amazon"`` and path the main input file."""
     source = Path(source)
     if not source.exists():
@@ -111,7 +111,7 @@ def _item_row(meta):
             "description": _text(meta.get("description"))}
 
 
-def read_lcrec(path):
+def read_lcrec(path) -> Tuple[List[Tuple[str, str, int]], Optional[Dict[str, Dict[str, str]]]]:
     """LC-Rec JSON -> (rows of (user, item, pseudo-time), {item: text fields} or None)."""
     stem = str(path)[: -len(".inter.json")]
     seqs = _load_json(path)
@@ -169,7 +169,7 @@ def _read_gz_lines(path, required):
         raise EtegrecError(f"{path}: cannot read it as gzip text ({err}); re-download it") from None
 
 
-def read_amazon(path, kcore):
+def read_amazon(path, kcore) -> Tuple[List[Tuple[str, str, int]], Optional[Dict[str, Dict[str, str]]]]:
     """Raw Amazon 2018 -> (rows of (user, item, unix time), {item: text fields} or None)."""
     rows = []
     for r in _read_gz_lines(path, ("reviewerID", "asin", "unixReviewTime")):
@@ -229,7 +229,7 @@ def _write_all(files):
                 os.remove(tmp)
 
 
-def prepare(source, name, out="dataset", kcore=5):
+def prepare(source, name, out="dataset", kcore=5) -> dict:
     """Convert SOURCE into ``OUT/NAME/NAME.inter`` (+ ``.item`` when there is item text) and
     ``OUT/NAME/NAME.yaml`` (``item_emb_source``: ``text`` when there is item text, else ``sasrec``)."""
     if not name or name in (".", "..") or "/" in name or "\\" in name:
@@ -263,7 +263,7 @@ def prepare(source, name, out="dataset", kcore=5):
             "config_path": str(config_path), "item_emb_source": "text" if has_text else "sasrec"}
 
 
-def dataset_config_lines(name, has_text):
+def dataset_config_lines(name, has_text) -> List[str]:
     """``<name>.yaml`` beside the atomic files: the dataset's own settings, read by the plugin's
     Config after the evaluation protocol (``properties/protocol.yaml``), so a prepared dataset runs
     under the project's protocol with the right tokenizer input and no hand-written YAML."""

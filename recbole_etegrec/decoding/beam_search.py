@@ -25,7 +25,7 @@ class BeamOutput(NamedTuple):
 
 
 @torch.no_grad()
-def beam_search(start, step, code_table, num_beams, code_length=None):
+def beam_search(start, step, code_table, num_beams, code_length=None) -> BeamOutput:
     code_length = code_length or code_table.code_length
     log_probs, state = start()
     batch, vocab = log_probs.shape
@@ -60,7 +60,7 @@ def beam_search(start, step, code_table, num_beams, code_length=None):
     return BeamOutput(beams, scores, items)
 
 
-def scores_to_item_matrix(beams, n_items):
+def scores_to_item_matrix(beams, n_items) -> torch.Tensor:
     """RecBole's full-ranking score matrix [B, n_items]: beam scores at the generated items,
     -inf everywhere else (so RecBole's evaluator ranks exactly the beam order)."""
     out = torch.full((beams.items.shape[0], n_items), float("-inf"), device=beams.scores.device)

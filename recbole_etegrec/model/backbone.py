@@ -6,6 +6,7 @@ embedding table is frozen and, for from-scratch models, shrunk to a 2-row stub.
 """
 import inspect
 from logging import getLogger
+from typing import TYPE_CHECKING, Any, Tuple
 
 import torch
 from transformers import LlamaConfig, LlamaModel
@@ -13,12 +14,15 @@ from transformers import LlamaConfig, LlamaModel
 from recbole_etegrec.errors import EtegrecError
 from recbole_etegrec.validation import check_llama_path
 
+if TYPE_CHECKING:
+    from peft import LoraConfig
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # transformers >= 5 names the KV cache argument `cache`; 4.x calls it `past_key_values`
 CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 
 
-def build_lora_config(config):
+def build_lora_config(config) -> "LoraConfig":
     """The one place LoRA is configured (peft is imported lazily: ~10 s on CPU)."""
     from peft import LoraConfig
 
@@ -31,7 +35,7 @@ def build_lora_config(config):
     )
 
 
-def build_llama(config):
+def build_llama(config) -> torch.nn.Module:
     dtype = DTYPES.get(config["precision"])
     if dtype is None:
         raise EtegrecError(f"config key 'precision' must be one of {sorted(DTYPES)}, got {config['precision']!r}")
@@ -62,7 +66,8 @@ def build_llama(config):
     return model
 
 
-def run_backbone(backbone, embeds, attention_mask, position_ids, cache=None, use_cache=False):
+def run_backbone(backbone, embeds, attention_mask, position_ids, cache=None,
+                 use_cache=False) -> Tuple[torch.Tensor, Any]:
     """One forward of the backbone; returns (last hidden states, cache)."""
     out = backbone(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                    use_cache=use_cache, **{CACHE_ARG: cache})

@@ -11,6 +11,7 @@ The recommender reads and writes codes through its *own copy* of the tokenizer's
 so the trainer copies them across at every phase change (``sync_codebooks``).
 """
 import copy
+from typing import List, Tuple
 
 import torch
 import torch.nn as nn
@@ -18,12 +19,12 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
-from recbole_etegrec.decoding import beam_search
+from recbole_etegrec.decoding import BeamOutput, beam_search
 from recbole_etegrec.model.backbone import build_llama, run_backbone
 from recbole_etegrec.model.code_model import CodeSequenceMixin
 from recbole_etegrec.model.losses import symmetric_info_nce, symmetric_kl
 from recbole_etegrec.stages.item_tokenizer import item_tokenizer_of
-from recbole_etegrec.tokenizer import build_code_table
+from recbole_etegrec.tokenizer import CodeTable, build_code_table
 from recbole_etegrec.tokenizer.rqvae import mlp
 
 
@@ -67,20 +68,20 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
 
     # -- codebooks and code table ------------------------------------------------------------
     @torch.no_grad()
-    def sync_codebooks(self, direction):
+    def sync_codebooks(self, direction) -> None:
         """Copy codebooks tokenizer -> recommender (``to_rec``) or recommender -> tokenizer."""
         for own, tok in zip(self.codebooks, self.tokenizer.quantizer.codebooks):
             src, dst = (tok, own) if direction == "to_rec" else (own, tok)
             dst.weight.copy_(src.weight)
 
     @torch.no_grad()
-    def retokenize(self):
+    def retokenize(self) -> CodeTable:
         """Re-assign every item's codes with the current tokenizer; returns the new CodeTable."""
         semantic = self.tokenizer.get_codes(self.item_emb[1:])
         self.code_table = build_code_table(semantic, self.code_num)
         return self.code_table
 
-    def set_phase(self, phase, align):
+    def set_phase(self, phase, align) -> None:
         """``rec``: train the recommender, tokenizer frozen; ``id``: train the tokenizer only."""
         self.phase, self.align = phase, align
         self._item_semantics = None
@@ -97,11 +98,11 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
             return False
         return "lora_" in name if self.lora else True
 
-    def recommender_parameters(self):
+    def recommender_parameters(self) -> List[nn.Parameter]:
         return [p for n, p in self.named_parameters() if not n.startswith("tokenizer.")
                 and (not n.startswith("backbone.") or self._backbone_trainable(n))]
 
-    def recommender_parameter_groups(self, lr_codebook):
+    def recommender_parameter_groups(self, lr_codebook) -> List[dict]:
         """Optimizer groups for recommender epochs: the codebook copy gets its own learning rate.
         Its vectors are the tokenizer's (deeper levels have norms ~0.1 on l2-normalised items),
         and Adam's steps do not scale with them, so the recommender's lr would move them across
@@ -112,22 +113,22 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
         return [{"params": rest}, {"params": codebook, "lr": lr_codebook}]
 
     # -- forward -----------------------------------------------------------------------------
-    def embed_codes(self, codes, levels):
+    def embed_codes(self, codes, levels) -> torch.Tensor:
         """SoftEmbedding: code -> its level's codebook vector -> scid_projector. -1 = padding."""
         tables = torch.cat([cb.weight for cb in self.codebooks] + [self.suffix_embedding.weight])
         index = levels * self.code_num + codes.clamp(min=0)
         vectors = F.embedding(index, tables) * (codes >= 0).unsqueeze(-1)
         return self.scid_projector(vectors).to(self.backbone_dtype)
 
-    def code_logits(self, hidden, level):
+    def code_logits(self, hidden, level) -> torch.Tensor:
         """Weight tying: output_projector(h) . codebook_level^T (suffix level: suffix table)."""
         return self.output_projector(hidden.float()) @ self.level_table(level).T
 
-    def level_table(self, level):
+    def level_table(self, level) -> torch.Tensor:
         """Output (and input) vectors of one code level: a codebook copy, or the suffix table."""
         return self.codebooks[level].weight if level < self.levels else self.suffix_embedding.weight
 
-    def encode(self, codes, attention):
+    def encode(self, codes, attention) -> torch.Tensor:
         """Run the backbone over left-padded code sequences; returns hidden states [B, T, H]."""
         return self._run(codes, attention)[0]
 
@@ -140,26 +141,27 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
         hidden, cache = run_backbone(self.backbone, embeds, attention, position_ids, use_cache=use_cache)
         return hidden, cache, position_ids
 
-    def forward(self, interaction):
+    def forward(self, interaction) -> torch.Tensor:
         """Hidden states [B, T, H] of the code rows (history + target; causal, so a state never sees
         the codes after it)."""
         return self.encode(interaction["code_input"], interaction["code_attention"])
 
-    def boundary_states(self, hidden, interaction):
+    def boundary_states(self, hidden, interaction) -> Tuple[torch.Tensor, torch.Tensor]:
         """The supervised boundaries of a batch: states [N, H] at the last code of each history so
         far (position 4k + 3 for boundary k) and the items [N] they predict."""
         mask = interaction["boundary_mask"]
         positions = torch.arange(mask.shape[1], device=hidden.device) * self.code_length + self.code_length - 1
         return hidden[:, positions][mask].float(), interaction["boundary_items"][mask]
 
-    def calculate_loss(self, interaction):
+    def calculate_loss(self, interaction) -> Tuple[torch.Tensor, ...]:
         """Recommender epochs: code loss (+ SIA, PSA); tokenizer epochs: RQ-VAE loss (+ SIA, PSA),
         every term over all supervised boundaries of the batch (one per row in ``prefix`` mode,
         every next item of the row in ``sequence`` mode)."""
         w = self.weights
         if self.phase == "rec":
             hidden = self.forward(interaction)
-            main, w_kl, w_cl = w["rec_code_loss"] * self.code_loss(hidden, interaction), w["rec_kl_loss"], w["rec_dec_cl_loss"]
+            main, w_kl, w_cl = (w["rec_code_loss"] * self.code_loss(hidden, interaction), w["rec_kl_loss"],
+                                w["rec_dec_cl_loss"])
             if not self.align:
                 return (main,)
             states, items = self.boundary_states(hidden, interaction)
@@ -179,7 +181,7 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
         psa = symmetric_info_nce(self.dec_adapter(states), target_recon, self.tau)
         return main, w_kl * sia, w_cl * psa
 
-    def frozen_item_semantics(self, items):
+    def frozen_item_semantics(self, items) -> Tuple[torch.Tensor, torch.Tensor]:
         """The tokenizer's per-level code logits and reconstruction of ``items``. In recommender
         epochs the tokenizer is frozen, so they are computed once for all items per phase
         (``set_phase`` forgets them) instead of once per supervised boundary."""
@@ -190,7 +192,7 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
         logits, recon = self._item_semantics
         return logits[:, items], recon[items]
 
-    def code_loss(self, hidden, interaction):
+    def code_loss(self, hidden, interaction) -> torch.Tensor:
         """Mean cross-entropy over every supervised target code. Causal fix: the code at position q
         is predicted from the state at q - 1, so an item's first code comes from the last code of
         the item before it. The states at positions 4k + 3 .. 4k + 6 predict the 4 codes of slot
@@ -207,7 +209,7 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.T.reshape(-1))
 
     # -- generation --------------------------------------------------------------------------
-    def generate(self, codes, attention, num_beams=None, use_cache=True):
+    def generate(self, codes, attention, num_beams=None, use_cache=True) -> BeamOutput:
         """Trie-constrained beam search for a batch of histories (left-padded, history only)."""
         num_beams = num_beams or self.num_beams
         start, step = (self._cached_decoder if use_cache else self._uncached_decoder)(codes, attention)

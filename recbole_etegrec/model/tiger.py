@@ -11,6 +11,7 @@ of the vocabulary (so a step's log-probs index codes directly). Evaluation is th
 trie-constrained beam search with T5's KV cache (``use_kv_cache: False`` re-runs the prefix).
 """
 import inspect
+from typing import Tuple
 
 import torch
 import torch.nn as nn
@@ -19,7 +20,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from transformers import T5Config, T5ForConditionalGeneration
 
-from recbole_etegrec.decoding import beam_search
+from recbole_etegrec.decoding import BeamOutput, beam_search
 from recbole_etegrec.errors import EtegrecError
 from recbole_etegrec.model.code_model import CodeSequenceMixin
 from recbole_etegrec.stages.item_tokenizer import item_tokenizer_of
@@ -68,7 +69,7 @@ class TIGER(CodeSequenceMixin, SequentialRecommender):
         # init: T5's own initialisation (T5PreTrainedModel.post_init), nothing pretrained
 
     # -- tokens ----------------------------------------------------------------------------------
-    def encoder_inputs(self, codes, attention):
+    def encoder_inputs(self, codes, attention) -> Tuple[torch.Tensor, torch.Tensor]:
         """History codes [B, T] (left-padded with whole items, -1 = padding) -> T5 token ids + mask."""
         levels = torch.arange(codes.shape[1], device=codes.device) % self.code_length
         tokens = torch.where(codes >= 0, codes + self.level_offset[levels], torch.full_like(codes, PAD))
@@ -77,13 +78,13 @@ class TIGER(CodeSequenceMixin, SequentialRecommender):
             attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
         return tokens, attention
 
-    def level_logits(self, logits, levels):
+    def level_logits(self, logits, levels) -> torch.Tensor:
         """Full-vocabulary logits [B, S, V] -> each position's level slice [B, S, code_num]."""
         index = self.level_offset[levels].unsqueeze(1) + torch.arange(self.code_num, device=logits.device)
         return logits.gather(2, index.unsqueeze(0).expand(logits.shape[0], -1, -1))
 
     # -- training ------------------------------------------------------------------------------
-    def forward(self, codes, attention, target_codes):
+    def forward(self, codes, attention, target_codes) -> torch.Tensor:
         """Teacher-forced code logits [B, code_length, code_num] of ``target_codes`` [B, code_length]."""
         input_ids, mask = self.encoder_inputs(codes, attention)
         prefix = target_codes[:, :-1] + self.level_offset[:-1]
@@ -91,7 +92,7 @@ class TIGER(CodeSequenceMixin, SequentialRecommender):
         logits = self.t5(input_ids=input_ids, attention_mask=mask, decoder_input_ids=decoder_input_ids).logits
         return self.level_logits(logits, torch.arange(self.code_length, device=logits.device))
 
-    def calculate_loss(self, interaction):
+    def calculate_loss(self, interaction) -> torch.Tensor:
         codes, attention = self.history(interaction)
         target = interaction["target_codes"]
         logits = self.forward(codes, attention, target)
@@ -99,7 +100,7 @@ class TIGER(CodeSequenceMixin, SequentialRecommender):
 
     # -- generation ----------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, codes, attention, num_beams=None, use_cache=True):
+    def generate(self, codes, attention, num_beams=None, use_cache=True) -> BeamOutput:
         """Trie-constrained beam search for a batch of histories (left-padded, history only)."""
         num_beams = num_beams or self.num_beams
         input_ids, mask = self.encoder_inputs(codes, attention)

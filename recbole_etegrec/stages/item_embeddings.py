@@ -166,7 +166,8 @@ def _load_npy_file(config):
     try:
         array = np.load(path)
     except (ValueError, OSError) as err:
-        raise EtegrecError(f"item_emb_file '{path}' is not a readable .npy array ({err}): save it with numpy.save") from None
+        raise EtegrecError(f"item_emb_file '{path}' is not a readable .npy array ({err}): "
+                           "save it with numpy.save") from None
     return np.asarray(array, dtype=np.float32)
 
 

@@ -42,14 +42,14 @@ class CodeTable:
             raise EtegrecError("code table has duplicate code tuples: suffixes must separate items")
 
     @property
-    def n_items(self):
+    def n_items(self) -> int:
         return self.codes.shape[0]
 
     @property
-    def max_suffix(self):
+    def max_suffix(self) -> int:
         return int(self.codes[1:, -1].max()) if self.n_items > 1 else 0
 
-    def allowed_next(self, prefixes):
+    def allowed_next(self, prefixes) -> torch.Tensor:
         """BoolTensor [N, code_num]: codes that extend each prefix [N, l] towards a real item."""
         level = prefixes.shape[1]
         keys = _keys(prefixes.cpu(), self.code_num)
@@ -59,20 +59,20 @@ class CodeTable:
         allowed = self.next_allowed[level][pos] & found.unsqueeze(1)
         return allowed.to(prefixes.device)
 
-    def lookup(self, codes):
+    def lookup(self, codes) -> torch.Tensor:
         """Item ids [N] for full code tuples [N, code_length]; -1 where no item has them."""
         keys = _keys(codes.cpu(), self.code_num)
         pos = torch.searchsorted(self.full_keys, keys).clamp(max=len(self.full_keys) - 1)
         items = torch.where(self.full_keys[pos] == keys, self.full_items[pos], torch.full_like(keys, -1))
         return items.to(codes.device)
 
-    def collision_rate(self):
+    def collision_rate(self) -> float:
         """Share of real items whose semantic codes (all but the suffix) are shared with another."""
         sem = _keys(self.codes[1:, :-1], self.code_num)
         _, inverse, counts = torch.unique(sem, return_inverse=True, return_counts=True)
         return float((counts[inverse] > 1).float().mean())
 
-    def state_dict(self):
+    def state_dict(self) -> dict:
         return {"codes": self.codes, "code_num": self.code_num}
 
     @classmethod
@@ -80,7 +80,7 @@ class CodeTable:
         return cls(state["codes"], state["code_num"])
 
 
-def build_code_table(semantic_codes, code_num):
+def build_code_table(semantic_codes, code_num) -> CodeTable:
     """``semantic_codes``: LongTensor [n_items, levels] for items 1..n (no padding row).
 
     Returns a CodeTable with a suffix column appended and the padding row 0 prepended.

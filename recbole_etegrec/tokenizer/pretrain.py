@@ -13,16 +13,17 @@ import math
 import sys
 import time
 from logging import getLogger
+from typing import List, Tuple
 
 import torch
 
 from recbole_etegrec.errors import EtegrecError
-from recbole_etegrec.tokenizer.code_table import build_code_table
+from recbole_etegrec.tokenizer.code_table import CodeTable, build_code_table
 from recbole_etegrec.tokenizer.norm import check_finite
 from recbole_etegrec.tokenizer.rqvae import RQVAE
 
 
-def code_stats(codes, code_num):
+def code_stats(codes, code_num) -> Tuple[float, int, List[float], List[float]]:
     """Collision rate, largest group, per-level utilisation and perplexity of codes [N, levels]."""
     _, inverse, counts = torch.unique(codes, dim=0, return_inverse=True, return_counts=True)
     collision = float((counts[inverse] > 1).float().mean())
@@ -54,7 +55,7 @@ def _device(config):
     return device if isinstance(device, torch.device) else torch.device("cpu")
 
 
-def pretrain_rqvae(config, embeddings, logger=None):
+def pretrain_rqvae(config, embeddings, logger=None) -> Tuple[RQVAE, CodeTable, dict]:
     """Train an RQ-VAE on ``embeddings`` [item_num, d] (row 0 = padding, skipped; pass them already
     normalised). Returns (rqvae on CPU, CodeTable, stats) for the epoch with the lowest collision
     rate (ties: lower loss)."""
@@ -123,7 +124,8 @@ def pretrain_rqvae(config, embeddings, logger=None):
     table = build_code_table(model.get_codes(x.cpu()), code_num)  # raises if a group exceeds code_num
     stats = dict(collision_rate=table.collision_rate(), utilization=best["utilization"],
                  perplexity=best["perplexity"], max_suffix=table.max_suffix, epochs=epochs,
-                 best_epoch=best["epoch"], loss=best["loss"], initial_loss=initial_loss, seconds=time.time() - start, n_items=len(x))
+                 best_epoch=best["epoch"], loss=best["loss"], initial_loss=initial_loss,
+                 seconds=time.time() - start, n_items=len(x))
     logger.info(f"rqvae: kept epoch {best['epoch']}: " + format_stats(stats))
     return model, table, stats
 
@@ -137,7 +139,7 @@ def _check_distinct(x, code_num):
                            "the item embeddings are degenerate; check item_emb_file / item_emb_source")
 
 
-def format_stats(stats):
+def format_stats(stats) -> str:
     util = ",".join(f"{u:.4f}" for u in stats["utilization"])
     return f"collision_rate={stats['collision_rate']:.6f} utilization={util} max_suffix={stats['max_suffix']}"
 

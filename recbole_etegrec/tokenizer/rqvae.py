@@ -5,7 +5,7 @@ jointly with its alignment losses, reads ``quant.logits`` / ``recon`` and copies
 to and from the recommender, so everything that changes state lives in explicit methods
 (``kmeans_init``, ``reseed_dead_codes``) that only the standalone pretraining calls.
 """
-from typing import List, NamedTuple
+from typing import List, NamedTuple, Tuple
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ class RQVAEOutput(NamedTuple):
     loss: torch.Tensor  # recon_loss + quant.loss
 
 
-def squared_distances(r, weight):
+def squared_distances(r, weight) -> torch.Tensor:
     """||r_i - e_k||^2 for all pairs, [N, K]; the expanded form keeps it one matmul."""
     return r.pow(2).sum(1, keepdim=True) - 2 * r @ weight.t() + weight.pow(2).sum(1).unsqueeze(0)
 
@@ -43,7 +43,7 @@ class ResidualQuantizer(nn.Module):
             # small init: before k-means every residual should be able to reach every code
             nn.init.uniform_(book.weight, -1.0 / code_num, 1.0 / code_num)
 
-    def forward(self, z):
+    def forward(self, z) -> QuantizerOutput:
         residual, total = z, torch.zeros_like(z)
         codes, logits, loss = [], [], z.new_zeros(())
         for book in self.codebooks:
@@ -64,7 +64,7 @@ class ResidualQuantizer(nn.Module):
         quantized = z + (total - z).detach()
         return QuantizerOutput(quantized, torch.stack(codes, dim=1), loss, logits)
 
-    def code_logits(self, z):
+    def code_logits(self, z) -> torch.Tensor:
         """Only the per-level code logits of ``forward`` (the SIA input), stacked [levels, N, code_num]:
         the same residual path without the losses and the quantized sum, a third of the ops."""
         logits, residual = [], z
@@ -75,7 +75,7 @@ class ResidualQuantizer(nn.Module):
         return torch.stack(logits)
 
     @torch.no_grad()
-    def residuals(self, z):
+    def residuals(self, z) -> Tuple[List[torch.Tensor], torch.Tensor]:
         """Per level, the residual that level quantizes and the hard codes: ([levels x [N, e]], [N, levels])."""
         out, codes, residual = [], [], z
         for book in self.codebooks:
@@ -86,7 +86,7 @@ class ResidualQuantizer(nn.Module):
         return out, torch.stack(codes, dim=1)
 
     @torch.no_grad()
-    def kmeans_init(self, z, seed=0, n_init=1, max_iter=100):
+    def kmeans_init(self, z, seed=0, n_init=1, max_iter=100) -> None:
         """Set each level's codebook to k-means centres of that level's residuals (level by level)."""
         from sklearn.cluster import KMeans
 
@@ -107,7 +107,7 @@ class ResidualQuantizer(nn.Module):
             residual = residual - book.weight[idx]
 
     @torch.no_grad()
-    def reseed_dead_codes(self, z, generator=None, noise=1e-3):
+    def reseed_dead_codes(self, z, generator=None, noise=1e-3) -> List[int]:
         """Move every code no item in ``z`` uses onto a residual of that level; returns counts per level.
 
         Donor residuals come only from codes used by >= 2 items, so a re-seeded code never steals
@@ -138,7 +138,7 @@ class ResidualQuantizer(nn.Module):
         return reseeded
 
 
-def mlp(sizes, dropout):
+def mlp(sizes, dropout) -> nn.Sequential:
     """Linear layers with ReLU (and dropout) between them, nothing after the last one."""
     layers = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -173,10 +173,10 @@ class RQVAE(nn.Module):
             temperature=config["code_temperature"],
         )
 
-    def encode(self, x):
+    def encode(self, x) -> torch.Tensor:
         return self.encoder(x)
 
-    def forward(self, x):
+    def forward(self, x) -> RQVAEOutput:
         z = self.encoder(x)
         quant = self.quantizer(z)
         recon = self.decoder(quant.quantized)
@@ -184,7 +184,7 @@ class RQVAE(nn.Module):
         return RQVAEOutput(recon, z, quant, recon_loss, recon_loss + quant.loss)
 
     @torch.no_grad()
-    def get_codes(self, x, batch_size=4096):
+    def get_codes(self, x, batch_size=4096) -> torch.Tensor:
         """Hard codes [N, levels] in eval mode (dropout off); restores the previous mode."""
         was_training = self.training
         self.eval()

@@ -1,4 +1,6 @@
 """Item text -> vectors: the atomic .item file's text fields and a local Hugging Face encoder."""
+from typing import Dict
+
 import torch
 
 from recbole_etegrec.errors import EtegrecError
@@ -6,7 +8,7 @@ from recbole_etegrec.errors import EtegrecError
 TEXT_MAX_LENGTH = 256
 
 
-def read_item_texts(path, fields, item_field="item_id", sep="\t"):
+def read_item_texts(path, fields, item_field="item_id", sep="\t") -> Dict[str, str]:
     """{item token: 'field: value; ...'} from a RecBole atomic .item file (empty values skipped)."""
     with open(path, "r", encoding="utf-8") as f:
         header = [c.partition(":")[0] for c in f.readline().rstrip("\n").split(sep)]
@@ -30,7 +32,7 @@ def read_item_texts(path, fields, item_field="item_id", sep="\t"):
 
 
 @torch.no_grad()
-def encode_texts(texts, encoder_path, batch_size=64, show_progress=False, max_length=TEXT_MAX_LENGTH):
+def encode_texts(texts, encoder_path, batch_size=64, show_progress=False, max_length=TEXT_MAX_LENGTH) -> torch.Tensor:
     """Mean-pooled last hidden states [len(texts), hidden] from a local Hugging Face encoder."""
     from tqdm import tqdm
     from transformers import AutoModel, AutoTokenizer

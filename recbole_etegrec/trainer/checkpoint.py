@@ -16,6 +16,7 @@ trainer the pipeline builds (RecBole's, TIGER's, ETEGRec's).
 """
 import math
 import os
+from typing import Optional, Tuple
 
 import torch
 from recbole.utils import set_color
@@ -30,7 +31,7 @@ LOSS_EXPLOSION = 100.0
 _KIND = "recbole_etegrec-checkpoint"
 
 
-def last_checkpoint_path(best_path):
+def last_checkpoint_path(best_path) -> str:
     root, ext = os.path.splitext(best_path)
     return f"{root}-last{ext or '.pth'}"
 
@@ -45,13 +46,13 @@ class ResumableTrainerMixin:
     lr_keys = ("learning_rate",)  # named in the divergence message
 
     # -- state -----------------------------------------------------------------------------
-    def optimizer_states(self):
+    def optimizer_states(self) -> dict:
         return {"optimizer": self.optimizer.state_dict()}
 
-    def load_optimizer_states(self, checkpoint):
+    def load_optimizer_states(self, checkpoint) -> None:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
 
-    def loss_phase(self):
+    def loss_phase(self) -> str:
         """Losses of different phases (ETEGRec's tokenizer/recommender epochs) differ in scale."""
         return "train"
 
@@ -74,7 +75,7 @@ class ResumableTrainerMixin:
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {path}")
 
-    def save_last(self, epoch, train_data=None, finished=False):
+    def save_last(self, epoch, train_data=None, finished=False) -> None:
         if not self._is_writer() or not getattr(self, "_saved", True):
             return
         state = self._state(epoch)
@@ -92,7 +93,7 @@ class ResumableTrainerMixin:
 
     # -- fit loop hooks ----------------------------------------------------------------------
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
-            callback_fn=None):
+            callback_fn=None) -> Tuple[float, Optional[dict]]:
         self._saved = saved
         remove_stale_tmp(self.checkpoint_dir)
         if not hasattr(self, "last_file"):
@@ -105,7 +106,7 @@ class ResumableTrainerMixin:
             self.save_last(done, train_data, finished=True)
         return result
 
-    def epoch_start(self, train_data, epoch_idx):
+    def epoch_start(self, train_data, epoch_idx) -> None:
         """Once per epoch, before anything else touches the model or the random state."""
         if self._epoch_started == epoch_idx:
             return
@@ -144,7 +145,7 @@ class ResumableTrainerMixin:
                 f"value {reference:.4g} ({lr}): lower the learning rate; the best checkpoint so far is kept")
 
     # -- resume ------------------------------------------------------------------------------
-    def resume_checkpoint(self, resume_file):
+    def resume_checkpoint(self, resume_file) -> None:
         resume_file = str(resume_file)
         checkpoint = read_checkpoint(resume_file, self.device)
         if checkpoint.get("model") != self.config["model"] and \
@@ -178,7 +179,7 @@ class ResumableTrainerMixin:
         self.logger.info(f"Resumed from {resume_file}; training continues at epoch {self.start_epoch}")
 
 
-def read_checkpoint(path, device="cpu"):
+def read_checkpoint(path, device="cpu") -> dict:
     """A checkpoint a trainer wrote, or one clear error (missing, truncated, not a checkpoint)."""
     if not os.path.isfile(path):
         raise EtegrecError(f"checkpoint '{path}' does not exist: give a file this model's trainer wrote "

@@ -4,6 +4,8 @@ to the loaders (they share one slot, so train/valid/test follow). In ``evaluate`
 checkpoint is reloaded first (weights + ``other_parameter``, where the code table lives), so the
 loaders always tokenize with the table of the weights being evaluated.
 """
+from typing import Optional
+
 import torch
 
 from recbole_etegrec import distributed
@@ -13,7 +15,7 @@ from recbole_etegrec.trainer.lean import load_model_state
 class CodeTableTrainerMixin:
     """Put before ``Trainer`` in the bases: ``class XTrainer(CodeTableTrainerMixin, Trainer)``."""
 
-    def push_code_table(self, loader):
+    def push_code_table(self, loader) -> None:
         if loader is not None and hasattr(loader, "set_code_table"):
             loader.set_code_table(self.model.code_table.codes)
 
@@ -21,7 +23,7 @@ class CodeTableTrainerMixin:
         self.push_code_table(train_data)
         return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
 
-    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False) -> Optional[dict]:
         if not eval_data:
             return None
         if load_best_model:

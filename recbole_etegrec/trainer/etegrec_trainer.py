@@ -48,7 +48,7 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
         self.id_optimizer = build_adamw(self.model.tokenizer.parameters(), self.config["lr_id"], wd, kind)
         return self.rec_optimizer
 
-    def phase_of(self, epoch):
+    def phase_of(self, epoch) -> str:
         """``id`` (tokenizer epoch) or ``rec`` (recommender epoch)."""
         if epoch >= self.epochs - self.finetune_epochs or self.cycle <= 1:
             return "rec"
@@ -137,12 +137,12 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
     # checkpoints: the mixin writes them; these are ETEGRec's extra parts
     lr_keys = ("lr_rec", "lr_id")
 
-    def optimizer_states(self):
+    def optimizer_states(self) -> dict:
         return {"optimizer": self.rec_optimizer.state_dict(), "id_optimizer": self.id_optimizer.state_dict()}
 
-    def load_optimizer_states(self, checkpoint):
+    def load_optimizer_states(self, checkpoint) -> None:
         self.rec_optimizer.load_state_dict(checkpoint["optimizer"])
         self.id_optimizer.load_state_dict(checkpoint["id_optimizer"])
 
-    def loss_phase(self):
+    def loss_phase(self) -> str:
         return f"{self.model.phase}-align{int(self.model.align)}"

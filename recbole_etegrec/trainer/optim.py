@@ -4,7 +4,7 @@ from logging import getLogger
 import torch
 
 
-def build_adamw(params, lr, weight_decay, kind="adamw"):
+def build_adamw(params, lr, weight_decay, kind="adamw") -> torch.optim.Optimizer:
     """``params``: parameters or torch param-group dicts (a group's own ``lr`` wins)."""
     params = list(params)
     if params and not isinstance(params[0], dict):

@@ -7,6 +7,7 @@ LR schedules (``lr_scheduler``), stepped after every optimizer step:
   cosine        linear warm-up over ``warmup_steps``, then cosine decay to 0 at the last epoch
 """
 import math
+from typing import Callable, Optional, Tuple
 
 from recbole.trainer import Trainer
 from torch.optim.lr_scheduler import LambdaLR
@@ -19,7 +20,7 @@ from recbole_etegrec.trainer.optim import build_adamw
 SCHEDULES = ("constant", "inverse_sqrt", "cosine")
 
 
-def lr_factor(kind, warmup_steps, total_steps):
+def lr_factor(kind, warmup_steps, total_steps) -> Callable[[int], float]:
     """Multiplier of ``learning_rate`` after ``step`` optimizer steps."""
     if kind not in SCHEDULES:
         raise EtegrecError(f"config key 'lr_scheduler' must be one of {', '.join(SCHEDULES)}, got {kind!r}")
@@ -47,13 +48,13 @@ class TIGERTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
         return build_adamw(self.model.parameters(), self.config["learning_rate"],
                            self.config["weight_decay"], self.config["optimizer"])
 
-    def optimizer_states(self):
+    def optimizer_states(self) -> dict:
         # the schedule is a function of the step (rebuilt with the resumed offset); saved to inspect
         scheduler = self.scheduler.state_dict() if self.scheduler is not None else None
         return {"optimizer": self.optimizer.state_dict(), "scheduler": scheduler}
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
-            callback_fn=None):
+            callback_fn=None) -> Tuple[float, Optional[dict]]:
         self._build_scheduler(len(train_data))
         return super().fit(train_data, valid_data, verbose=verbose, saved=saved,
                            show_progress=show_progress, callback_fn=callback_fn)
