@@ -65,7 +65,7 @@ def item_titles(config) -> dict:
     path = os.path.join(config["data_path"], f"{config['dataset']}.item")
     if not os.path.isfile(path):
         return {}
-    sep = config["field_separator"] or "\t"
+    sep = config["field_separator"]
     with open(path, "r", encoding="utf-8", errors="replace") as f:
         header = [c.partition(":")[0] for c in f.readline().rstrip("\n").split(sep)]
         field = next((name for name in TITLE_FIELDS if name in header), None)

@@ -21,7 +21,7 @@ def check_inter_file(config) -> str:
             f"dataset folder '{folder}' has no '{name}.inter': write the interactions there "
             f"(`python -m recbole_etegrec.data.prepare SOURCE --name {name}`)"
         )
-    sep = config["field_separator"] or "\t"
+    sep = config["field_separator"]
     lines = _read_lines(path)
     if not lines:
         raise EtegrecError(f"{path} is empty: line 1 must be a header like user_id:token<TAB>item_id:token")

@@ -199,7 +199,10 @@ class CodeSeqTrainDataLoader(_CodeSeqMixin, TrainDataLoader, _LengthGroupedDataL
     def __init__(self, config, dataset, sampler, shuffle=False, slot=None, train_mode="prefix"):
         if train_mode == "sequence":
             max_len = config["MAX_ITEM_LIST_LENGTH"]
-            rows, supervised = sequence_rows(dataset, max_len, window_stride(max_len, config["window_overlap"]))
+            overlap = config["window_overlap"]
+            if overlap is None:  # a checkpoint's config from before the key: it trained disjoint windows
+                overlap = 0.0
+            rows, supervised = sequence_rows(dataset, max_len, window_stride(max_len, overlap))
             dataset = dataset.copy(dataset.inter_feat[rows])
             dataset.inter_feat.interaction[SUPERVISED_FIELD] = torch.as_tensor(supervised, dtype=torch.long)
         super().__init__(config, dataset, sampler, shuffle=shuffle)
