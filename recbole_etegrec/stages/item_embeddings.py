@@ -36,7 +36,7 @@ SOURCE_KEY_PREFIXES = {"sasrec": ("item_emb_source", "sasrec_"), "text": ("item_
 RUN_ONLY_KEYS = {
     "checkpoint_dir", "show_progress", "use_gpu", "gpu_id", "device", "state", "log_wandb", "wandb_project",
     "local_rank", "single_spec", "world_size", "nproc", "offset", "ip", "port", "data_path", "log_tensorboard",
-    "tokenizer_path", "benchmark_filename", "worker", "shuffle", "eval_batch_size", "resume_file",
+    "tokenizer_path", "benchmark_filename", "worker", "eval_batch_size", "resume_file",
     "protocol_file", "dataset_config_file", "config_files",
 }
 # RecBole data keys handed to the SASRec config, so its split and filtering equal the caller's.
