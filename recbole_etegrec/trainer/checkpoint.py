@@ -25,7 +25,7 @@ from recbole_etegrec import distributed
 from recbole_etegrec.errors import EtegrecError
 from recbole_etegrec.io import atomic_torch_save, remove_stale_tmp
 from recbole_etegrec.rng import get_rng_state, set_rng_state
-from recbole_etegrec.trainer.lean import lean_metadata, lean_state_dict, load_model_state
+from recbole_etegrec.trainer.lean import first_error_line, lean_metadata, lean_state_dict, load_model_state
 
 LOSS_EXPLOSION = 100.0
 _KIND = "recbole_etegrec-checkpoint"
@@ -159,9 +159,8 @@ class ResumableTrainerMixin:
             self.model.load_other_parameter(checkpoint.get("other_parameter"))
             self.load_optimizer_states(checkpoint)
         except (RuntimeError, KeyError, ValueError) as err:
-            lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-            first = (lines[1] if len(lines) > 1 else lines[0] if lines else type(err).__name__)[:160]
-            raise EtegrecError(f"resume_file '{resume_file}' does not fit this model's size/settings ({first}): "
+            raise EtegrecError(f"resume_file '{resume_file}' does not fit this model's size/settings "
+                               f"({first_error_line(err)}): "
                                "resume with the config that wrote it") from None
         self.start_epoch, self.cur_step = checkpoint["epoch"] + 1, checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
