@@ -142,8 +142,8 @@ def main(argv=None):
     model = get_model("ETEGRec")(config, built[0]).to(config["device"])
     start_state = copy.deepcopy(model.state_dict())
     codes = model.code_table.codes
-    epoch = next(e for e in range(config["epochs"]) if e >= config["warm_epoch"] and e % config["cycle"]
-                 and e < config["epochs"] - config["finetune_epochs"])  # an alternation epoch, SIA/PSA on
+    # an alternation recommender epoch with SIA/PSA on (epochs counts the alternation stage only)
+    epoch = next(e for e in range(config["epochs"]) if e >= config["warm_epoch"] and e % config["cycle"])
     lines = []
     print(f"{args.dataset}: {torch.get_num_threads()} threads; ETEGRec recommender epoch (index {epoch})", flush=True)
 
@@ -245,7 +245,7 @@ def budget_for(model, dataset):
 def _tiger_args(rest):
     """TIGER gets the command line's generic overrides, but not ETEGRec-only keys."""
     etegrec_only = {"train_mode", "lr_rec", "lr_id", "lr_codebook", "cycle", "warm_epoch", "finetune_epochs",
-                    "llama_config", "llama_path"}
+                    "finetune_lr", "rec_warmup_steps", "id_warmup_steps", "llama_config", "llama_path"}
     return [a for a in rest + ["--show_progress=False"] if a[2:].partition("=")[0] not in etegrec_only]
 
 

@@ -123,6 +123,8 @@ def _run_parser(prog: str) -> ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="keep only --debug_samples users")
     parser.add_argument("--debug_samples", type=int, default=1000, help="users kept by --debug")
     parser.add_argument("--benchmark_dir", help="write results.md/.csv/.png here (with --model_list)")
+    parser.add_argument("--budget", help="with --benchmark_dir: budget file, or name in properties/benchmark/ "
+                                         "(default: the dataset's)")
     return parser
 
 
@@ -141,7 +143,7 @@ def run_main(argv: Optional[Sequence[str]] = None, prog: str = "python run_recbo
         config_dict = {"debug": True, "debug_samples": args.debug_samples} if args.debug else None
         models = (args.model_list or args.model).split(",")
         results = run_models(models, args.dataset, config_files, config_dict, overrides,
-                             benchmark_dir=args.benchmark_dir)
+                             benchmark_dir=args.benchmark_dir, budget=args.budget)
         return 0 if all(r.get("error") is None and r.get("write_error") is None for r in results) else 1
 
     return handle(command)

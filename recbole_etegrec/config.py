@@ -21,6 +21,7 @@ _FLEXIBLE_KEYS = {
     "test_neg_sample_args", "load_col", "unload_col", "unused_col", "val_interval", "threshold",
     "seq_len", "normalize_field", "numerical_features", "user_inter_num_interval",
     "item_inter_num_interval", "clip_grad_norm", "data_path", "checkpoint_dir", "eval_step",
+    "warmup_steps", "rec_warmup_steps", "id_warmup_steps",  # int steps or float fraction (validation.py)
     "llama_config", "benchmark_models",
 }
 

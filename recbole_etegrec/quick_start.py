@@ -64,6 +64,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None, 
     ``callback_fn(epoch, valid_score, valid_result)`` runs after every validation.
     ``evaluate_test=False`` never touches the test split (hyper-parameter search trials).
     """
+    run_start = time.time()
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
                     config_dict=config_dict, cmd_args=cmd_args)
     check_writable(config["checkpoint_dir"], "checkpoint_dir")  # before hours of training, not after
@@ -100,6 +101,8 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None, 
                                        show_progress=config["show_progress"])
     eval_time = time.time() - start
 
+    history = list(getattr(trainer, "valid_history", []))
+    pick = max if trainer.valid_metric_bigger else min
     logger.info(set_color("best valid ", "yellow") + f": {dict(best_valid_result or {})}")
     logger.info(set_color("test result", "yellow") + f": {dict(test_result)}")
     return {
@@ -113,6 +116,12 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None, 
         "params": sum(p.numel() for p in net.parameters()),
         "peak_mem_mb": peak_memory_mb(config["device"]),
         "saved_model_file": trainer.saved_model_file if saved else None,
+        # the benchmark's convergence report: validation curve, stopping and best epochs, wall time
+        "valid_history": history,
+        "epochs_trained": trainer.last_epoch_done() + 1,
+        "best_epoch": pick(history, key=lambda h: h[1])[0] if history else None,
+        "finetune_start": getattr(trainer, "finetune_start", None),
+        "wall_time": time.time() - run_start,
     }
 
 

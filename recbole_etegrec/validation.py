@@ -26,13 +26,18 @@ _EXTRA_KNOWN = {"model", "dataset", "config_files", "benchmark_filename", "wandb
 _POSITIVE_INT = ("epochs", "train_batch_size", "eval_batch_size", "num_beams", "generate_chunk_size",
                  "debug_samples", "MAX_ITEM_LIST_LENGTH", "code_num", "e_dim", "rqvae_epochs",
                  "rqvae_batch_size", "text_batch_size", "sasrec_emb_size", "sasrec_emb_epochs",
+                 "sasrec_emb_stopping_step", "finetune_eval_step", "finetune_stopping_step",
                  "lora_r", "lora_alpha", "cycle", "stopping_step", "d_model", "d_kv", "d_ff",
                  "num_heads", "num_encoder_layers", "num_decoder_layers", "n_layers", "n_heads",
                  "hidden_size", "inner_size")
-_NON_NEGATIVE = ("warm_epoch", "finetune_epochs", "warmup_steps", "rqvae_ae_warmup", "weight_decay",
+_NON_NEGATIVE = ("warm_epoch", "finetune_epochs", "rqvae_ae_warmup", "rqvae_warmup_epochs",
+                 "rqvae_recon_tolerance", "weight_decay",
                  "rqvae_weight_decay", "rqvae_beta", "id_vq_loss", "id_kl_loss", "id_dec_cl_loss",
                  "rec_code_loss", "rec_kl_loss", "rec_dec_cl_loss")
-_POSITIVE_FLOAT = ("learning_rate", "lr_rec", "lr_id", "lr_codebook", "rqvae_lr", "tau", "code_temperature")
+_POSITIVE_FLOAT = ("learning_rate", "lr_rec", "lr_id", "lr_codebook", "finetune_lr", "rqvae_lr", "tau",
+                   "code_temperature")
+# step counts, or (transformers' convention) a float in (0, 1) = fraction of the schedule's steps
+_WARMUP = ("warmup_steps", "rec_warmup_steps", "id_warmup_steps")
 _PROBABILITY = ("window_overlap", "lora_dropout", "rqvae_dropout", "dropout_rate", "hidden_dropout_prob",
                 "attn_dropout_prob")
 _CHOICES = {
@@ -112,6 +117,19 @@ def check_ranges(config, sources) -> None:
         value = get(key)
         if value is not None and (not _number(value) or not 0 <= value < 1):
             _fail(key, value, "a probability in [0, 1)", sources)
+    for key in _WARMUP:
+        value = get(key)
+        if value is not None and (not _number(value) or value < 0 or math.isinf(value)
+                                  or (isinstance(value, float) and value >= 1 and not value.is_integer())):
+            _fail(key, value, "a step count >= 0, or a fraction in (0, 1) of the schedule's steps", sources)
+    epochs, warmup = get("rqvae_epochs"), get("rqvae_warmup_epochs")
+    if isinstance(epochs, int) and isinstance(warmup, int) and warmup >= epochs > 0:
+        _fail("rqvae_warmup_epochs", warmup, f"fewer than rqvae_epochs ({epochs}), or the LR never reaches rqvae_lr",
+              sources)
+    clip = get("clip_grad_norm")
+    if clip is not None and not (isinstance(clip, dict) and _number(clip.get("max_norm")) and clip["max_norm"] > 0):
+        _fail("clip_grad_norm", clip, "~ (off) or a dict like {max_norm: 1.0} (torch clip_grad_norm_ arguments)",
+              sources)
     for key, allowed in _CHOICES.items():
         value = get(key)
         if value is not None and value not in allowed:

@@ -10,7 +10,7 @@ ML100K_ITEMS = 1683  # RecBole's item vocabulary for ml-100k, padding included
 
 TINY_TOKENIZER = {
     "item_emb_source": "file", "e_dim": 8, "rqvae_hidden": [16], "code_num": 16,
-    "rqvae_epochs": 3, "rqvae_batch_size": 512, "rqvae_kmeans_init": True,
+    "rqvae_epochs": 3, "rqvae_warmup_epochs": 1, "rqvae_batch_size": 512, "rqvae_kmeans_init": True,
 }
 TINY_LLAMA = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
               "num_key_value_heads": 2, "intermediate_size": 64}

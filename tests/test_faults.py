@@ -44,12 +44,12 @@ def _worker(mode, config_dict):
             os.kill(os.getpid(), signal.SIGKILL)
 
         torch.save = half_save
-    elif mode == "kill_mid_epoch":  # the 2nd batch of epoch 2, after the `last` of epoch 1
+    elif mode.startswith("kill_mid_epoch"):  # kill_mid_epoch[:E]: the 2nd batch of epoch E (default 2)
         check = ResumableTrainerMixin._check_nan
-        batches = {"n": 0}
+        batches, kill_epoch = {"n": 0}, int(mode.partition(":")[2] or 2)
 
         def killing_check(self, loss):
-            if self._epoch_idx == 2:
+            if self._epoch_idx == kill_epoch:
                 batches["n"] += 1
                 if batches["n"] == 2:
                     os.kill(os.getpid(), signal.SIGKILL)
@@ -102,28 +102,33 @@ def test_kill_during_checkpoint_save_keeps_the_previous_one(tmp_path):
     assert _state(last)["epoch"] == 2 and result["test_result"]
 
 
-def test_kill_mid_epoch_then_resume_equals_uninterrupted_run(tiny_config_dict, tmp_path, one_thread):
-    """ETEGRec, 4 epochs (tokenizer 0, recommender 1, tokenizer 2, fine-tune 3), killed in epoch 2;
-    also: the uninterrupted run missed the tokenizer cache, a rerun hits it, both identical."""
+@pytest.mark.parametrize("kill_epoch", [2, 3], ids=["alternation", "finetune"])
+def test_kill_mid_epoch_then_resume_equals_uninterrupted_run(tiny_config_dict, tmp_path, one_thread, kill_epoch):
+    """ETEGRec, 3 alternation epochs (tokenizer 0, recommender 1, tokenizer 2) + 2 finetune epochs
+    (3, 4), killed in epoch 2 (alternation) or 3 (finetune: the resumed run must not redo stage 1
+    nor reload the best checkpoint again); the alternation case also checks that the
+    uninterrupted run missed the tokenizer cache, a rerun hits it, both identical."""
     from recbole_etegrec.quick_start import run
 
-    tiny = {**tiny_config_dict, "epochs": 4, "cycle": 2, "warm_epoch": 0, "finetune_epochs": 1,
+    tiny = {**tiny_config_dict, "epochs": 3, "cycle": 2, "warm_epoch": 0, "finetune_epochs": 2,
             "debug_samples": 25}
     full_dir, killed_dir = str(tmp_path / "full"), str(tmp_path / "killed")
     uninterrupted = run("ETEGRec", "ml-100k", config_dict={**tiny, "checkpoint_dir": full_dir})
     full_last = _state(_last_file(full_dir, "ETEGRec"))
+    assert full_last["finetune_start"] == 3 and full_last["finetune_optimizer"] is not None
 
-    _killed_run("ETEGRec", {**tiny, "checkpoint_dir": killed_dir}, "kill_mid_epoch")
+    _killed_run("ETEGRec", {**tiny, "checkpoint_dir": killed_dir}, f"kill_mid_epoch:{kill_epoch}")
     last = _last_file(killed_dir, "ETEGRec")
-    assert _state(last)["epoch"] == 1  # epoch 2 was under way
+    assert _state(last)["epoch"] == kill_epoch - 1  # epoch kill_epoch was under way
     resumed = run("ETEGRec", "ml-100k", config_dict={**tiny, "checkpoint_dir": killed_dir, "resume_file": last})
     resumed_last = _state(last)
-    assert resumed_last["epoch"] == 3 and resumed_last["finished"]
+    assert resumed_last["epoch"] == 4 and resumed_last["finished"]
     for name, tensor in full_last["state_dict"].items():
         assert torch.equal(tensor, resumed_last["state_dict"][name]), name
     assert resumed["test_result"] == uninterrupted["test_result"]
     assert resumed["best_valid_score"] == uninterrupted["best_valid_score"]
-
+    if kill_epoch != 2:
+        return
     cache_hit = run("ETEGRec", "ml-100k", config_dict={**tiny, "checkpoint_dir": full_dir})
     assert cache_hit["test_result"] == uninterrupted["test_result"]
     hit_last = _state(sorted(glob.glob(os.path.join(full_dir, "ETEGRec-*-last.pth")), key=os.path.getmtime)[-1])

@@ -7,7 +7,7 @@ import torch
 from recbole_etegrec.model.tiger import TIGER
 from recbole_etegrec.quick_start import run
 from recbole_etegrec.tokenizer.code_table import CodeTable
-from recbole_etegrec.trainer.tiger_trainer import lr_factor
+from recbole_etegrec.trainer.optim import lr_factor
 from tests.conftest import build
 
 TINY_T5 = {"d_model": 16, "d_kv": 8, "num_heads": 2, "d_ff": 32, "num_encoder_layers": 1,

@@ -38,7 +38,7 @@ def tiny_config(**over):
     values = dict(
         data_path=".", checkpoint_dir="saved", item_emb_source="file", e_dim=8, code_num=16,
         rqvae_hidden=[32], rqvae_epochs=20, rqvae_lr=3e-3, rqvae_batch_size=64, rqvae_emb_norm="standard",
-        rqvae_ae_warmup=2, seed=7, show_progress=False,
+        rqvae_ae_warmup=2, rqvae_warmup_epochs=1, seed=7, show_progress=False,
     )
     values.update(over)
     return Config(model="ETEGRec", dataset="toy", config_dict=values)
@@ -179,7 +179,10 @@ def test_pretrain_lowers_loss_and_separates_items(caplog):
     emb = synthetic_embeddings()
     with caplog.at_level(logging.INFO):
         net, table, stats = pretrain_rqvae(tiny_config(), apply_norm(emb, fit_norm(emb, "standard")))
-    assert stats["loss"] < stats["initial_loss"]
+    # the kept epoch trades a little reconstruction for fewer collisions, within the tolerance
+    assert stats["best_recon"] < stats["initial_recon"]
+    assert stats["recon"] <= stats["best_recon"] * (1 + 0.05) + 1e-12
+    assert 0 < stats["explained_variance"] <= 1
     assert table.n_items == 200 and table.code_length == 4
     assert len(torch.unique(table.codes[1:], dim=0)) == 199  # zero duplicate tuples
     assert len(stats["utilization"]) == 3 and len(stats["perplexity"]) == 3

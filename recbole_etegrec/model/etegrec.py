@@ -28,6 +28,13 @@ from recbole_etegrec.tokenizer import CodeTable, build_code_table
 from recbole_etegrec.tokenizer.rqvae import mlp
 
 
+def first_occurrences(items) -> torch.Tensor:
+    """Index of the first row of every distinct value of ``items`` [N], in ascending item order."""
+    unique, inverse = torch.unique(items, return_inverse=True)
+    rows = torch.arange(len(items), device=items.device)
+    return torch.full_like(unique, len(items)).scatter_reduce_(0, inverse, rows, "amin")
+
+
 class ETEGRec(CodeSequenceMixin, SequentialRecommender):
     input_type = InputType.POINTWISE
     train_modes = ("sequence", "prefix")  # the decoder-only model can supervise every next item
@@ -48,6 +55,7 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
         # a copy, so the stage's bundle stays the pretrained one whatever this model trains
         bundle = item_tokenizer_of(dataset)
         self.tokenizer = copy.deepcopy(bundle.rqvae)
+        self.tokenizer.quantizer.temperature = config["code_temperature"]  # SIA's, even for a tokenizer_path
         self.register_buffer("item_emb", bundle.item_emb.float(), persistent=False)
         self.code_table = bundle.code_table
 
@@ -154,9 +162,11 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
         return hidden[:, positions][mask].float(), interaction["boundary_items"][mask]
 
     def calculate_loss(self, interaction) -> Tuple[torch.Tensor, ...]:
-        """Recommender epochs: code loss (+ SIA, PSA); tokenizer epochs: RQ-VAE loss (+ SIA, PSA),
-        every term over all supervised boundaries of the batch (one per row in ``prefix`` mode,
-        every next item of the row in ``sequence`` mode)."""
+        """Recommender epochs: code loss (+ SIA, PSA); tokenizer epochs: RQ-VAE loss (+ SIA, PSA).
+        The main term covers all supervised boundaries of the batch (one per row in ``prefix``
+        mode, every next item of the row in ``sequence`` mode); SIA and PSA one boundary per
+        distinct target item (its first), as the official code: a popular item repeated in the
+        batch would otherwise be its own in-batch negative in PSA and weigh several times in SIA."""
         w = self.weights
         if self.phase == "rec":
             hidden = self.forward(interaction)
@@ -165,7 +175,9 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
             if not self.align:
                 return (main,)
             states, items = self.boundary_states(hidden, interaction)
-            target_logits, target_recon = self.frozen_item_semantics(items)
+            first = first_occurrences(items)
+            states = states[first]
+            target_logits, target_recon = self.frozen_item_semantics(items[first])
         else:
             items = interaction["boundary_items"][interaction["boundary_mask"]]
             target = self.tokenizer(self.item_emb[items])  # RQVAEOutput, with gradients
@@ -174,7 +186,10 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
                 return (main,)
             with torch.no_grad():  # the recommender is frozen in tokenizer epochs
                 states, _ = self.boundary_states(self.forward(interaction), interaction)
-            target_logits, target_recon = target.quant.logits, target.recon
+            first = first_occurrences(items)
+            states = states[first]
+            target_logits = torch.stack(target.quant.logits)[:, first]
+            target_recon = target.recon[first]
         # SIA: code distributions of the sequence (through the tokenizer's quantizer) vs the target's
         sia = symmetric_kl(self.tokenizer.quantizer.code_logits(self.enc_adapter(states)), target_logits)
         # PSA: preference vector vs the tokenizer's reconstruction of the target item

@@ -13,7 +13,8 @@ def symmetric_kl(logits_a, logits_b) -> torch.Tensor:
 
 
 def symmetric_info_nce(a, b, tau) -> torch.Tensor:
-    """PSA: in-batch InfoNCE over cosine similarities, both directions (a->b and b->a)."""
+    """PSA: in-batch InfoNCE over cosine similarities, summed over both directions (a->b and b->a),
+    as the official code (not averaged: the weights ``*_dec_cl_loss`` are tuned for the sum)."""
     sim = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / tau
     labels = torch.arange(a.shape[0], device=a.device)
-    return (F.cross_entropy(sim, labels) + F.cross_entropy(sim.T, labels)) / 2
+    return F.cross_entropy(sim, labels) + F.cross_entropy(sim.T, labels)

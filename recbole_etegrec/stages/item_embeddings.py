@@ -1,8 +1,9 @@
 """Item embeddings fed to the RQ-VAE, aligned with RecBole's internal item ids (row 0 = padding).
 
 Sources (``item_emb_source``):
-- ``sasrec``: item table of a SASRec trained on the TRAINING split only (the paper's choice);
-  valid/test interactions never reach it.
+- ``sasrec``: item table of a SASRec (the paper's choice, 256-d) trained on the training split
+  and early-stopped on the validation split's NDCG@10 (the epoch with the best one is kept);
+  test interactions never reach it.
 - ``text``: mean-pooled hidden states of a local Hugging Face encoder over the item text of
   ``<data_path>/<dataset>.item`` (TIGER's choice).
 - ``file``: a user-supplied ``.npy`` [item_num, d].
@@ -180,7 +181,8 @@ def _sasrec_config(config):
     data_root = os.path.dirname(os.path.normpath(config["data_path"]))
     config_dict = {k: config[k] for k in _DATA_KEYS if config[k] is not None}
     config_dict.update(data_path=data_root, hidden_size=hidden, inner_size=4 * hidden,
-                       epochs=config["sasrec_emb_epochs"])
+                       epochs=config["sasrec_emb_epochs"], stopping_step=config["sasrec_emb_stopping_step"],
+                       valid_metric="NDCG@10", eval_step=1)
     return Config(model="SASRec", dataset=config["dataset"], config_dict=config_dict)
 
 
@@ -192,16 +194,27 @@ def _sasrec_embeddings(config, dataset):
 
     sconf = _sasrec_config(config)
     logger = getLogger()
-    logger.info(f"item embeddings: training SASRec (hidden {sconf['hidden_size']}) for {sconf['epochs']} "
-                "epochs on the training split only")
+    logger.info(f"item embeddings: training SASRec (hidden {sconf['hidden_size']}) for up to {sconf['epochs']} "
+                f"epochs on the training split, early stopping on valid NDCG@10 "
+                f"(patience {sconf['stopping_step']})")
     init_seed(sconf["seed"], sconf["reproducibility"])
-    train_data, _, _ = data_preparation(sconf, create_dataset(sconf))
+    train_data, valid_data, _ = data_preparation(sconf, create_dataset(sconf))
     init_seed(sconf["seed"], sconf["reproducibility"])
     model = get_model("SASRec")(sconf, train_data._dataset).to(sconf["device"])
     trainer = get_trainer(sconf["MODEL_TYPE"], "SASRec")(sconf, model)
-    trainer.fit(train_data, valid_data=None, saved=False, show_progress=bool(sconf["show_progress"]))
-    table = model.item_embedding.weight.detach().float().cpu()
-    return align_by_tokens(table, item_tokens(train_data._dataset), item_tokens(dataset), "the SASRec dataset")
+    best = {}
+
+    def keep_best(epoch, score):  # RecBole resets cur_step when validation improves
+        if trainer.cur_step == 0:
+            best.update(epoch=epoch, score=score, table=model.item_embedding.weight.detach().float().cpu().clone())
+
+    # saved=False: nothing is written; the best epoch's table is kept in memory instead
+    trainer.fit(train_data, valid_data, saved=False, show_progress=bool(sconf["show_progress"]),
+                callback_fn=keep_best)
+    if not best:  # no validation ran (epochs < eval_step): the last epoch's table
+        best.update(epoch=sconf["epochs"] - 1, score=None, table=model.item_embedding.weight.detach().float().cpu())
+    logger.info(f"item embeddings: SASRec epoch {best['epoch']} kept (valid NDCG@10 {best['score']})")
+    return align_by_tokens(best["table"], item_tokens(train_data._dataset), item_tokens(dataset), "the SASRec dataset")
 
 
 def align_by_tokens(table, source_tokens, target_tokens, source_name) -> torch.Tensor:

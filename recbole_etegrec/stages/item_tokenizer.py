@@ -7,7 +7,8 @@ Under DDP rank 0 builds (or loads) the cache first, then the other ranks load it
 
 Cache: ``<checkpoint_dir>/tokenizer/<dataset>-<source>-<hash>.pth``. The hash covers the
 embedding settings (``item_embeddings.embedding_settings``), the seed and every key declared in
-``properties/tokenizer.yaml`` except the run-only ones: a key added there is part of the key.
+``properties/tokenizer.yaml`` except the run-only ones and ``MODEL_SIDE_KEYS``: a key added there
+is part of the key.
 """
 import os
 import time
@@ -37,9 +38,14 @@ from recbole_etegrec.tokenizer import (
 ATTRIBUTE = "item_tokenizer"  # where the bundle travels with the training dataset
 
 
+# declared in tokenizer.yaml but read by the model, never by pretraining (SIA's temperature)
+MODEL_SIDE_KEYS = {"code_temperature"}
+
+
 def tokenizer_settings(config) -> dict:
     settings = embedding_settings(config)
-    settings["tokenizer"] = {k: config[k] for k in declared_keys() if k not in RUN_ONLY_KEYS}
+    settings["tokenizer"] = {k: config[k] for k in declared_keys()
+                             if k not in RUN_ONLY_KEYS and k not in MODEL_SIDE_KEYS}
     settings["seed"] = config["seed"]
     return settings
 

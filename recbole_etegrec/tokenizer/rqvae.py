@@ -17,7 +17,7 @@ class QuantizerOutput(NamedTuple):
     quantized: torch.Tensor  # [N, e_dim] value = sum of chosen codebook vectors, gradient = identity to z
     codes: torch.Tensor  # LongTensor [N, levels], hard (argmin-distance) codes
     loss: torch.Tensor  # scalar: sum over levels of codebook + beta * commitment loss
-    logits: List[torch.Tensor]  # per level [N, code_num] = -||r_l - e_k||^2 / temperature
+    logits: List[torch.Tensor]  # per level [N, code_num]: ``soft_code_logits`` of the distances
 
 
 class RQVAEOutput(NamedTuple):
@@ -31,6 +31,15 @@ class RQVAEOutput(NamedTuple):
 def squared_distances(r, weight) -> torch.Tensor:
     """||r_i - e_k||^2 for all pairs, [N, K]; the expanded form keeps it one matmul."""
     return r.pow(2).sum(1, keepdim=True) - 2 * r @ weight.t() + weight.pow(2).sum(1).unsqueeze(0)
+
+
+def soft_code_logits(dist, temperature) -> torch.Tensor:
+    """Logits of the soft code distribution (ETEGRec's SIA): -d / (temperature * mean_k d), the
+    squared distances of each row over the mean of that row (detached). Relative, because the
+    distance scale shrinks level by level and with the item normalisation: on l2-normalised
+    ml-100k items a plain -d / 1.0 is uniform to 3 decimals at every level (5.545 nats of 5.545),
+    while temperature 0.05 of the row mean gives ~1.4 nats, top code p ~0.6-0.67, at all three."""
+    return -dist / (temperature * dist.detach().mean(dim=1, keepdim=True).clamp_min(1e-12))
 
 
 class ResidualQuantizer(nn.Module):
@@ -49,7 +58,7 @@ class ResidualQuantizer(nn.Module):
         for book in self.codebooks:
             dist = squared_distances(residual, book.weight)
             # soft distribution for ETEGRec's SIA loss: differentiable in both residual (-> z) and codebook
-            logits.append(-dist / self.temperature)
+            logits.append(soft_code_logits(dist, self.temperature))
             idx = dist.detach().argmin(dim=1)
             chosen = book(idx)
             # codebook term moves the code, commitment term moves the encoder; mean over elements
@@ -70,7 +79,7 @@ class ResidualQuantizer(nn.Module):
         logits, residual = [], z
         for book in self.codebooks:
             dist = squared_distances(residual, book.weight)
-            logits.append(-dist / self.temperature)
+            logits.append(soft_code_logits(dist, self.temperature))
             residual = residual - book.weight[dist.detach().argmin(dim=1)].detach()
         return torch.stack(logits)
 

@@ -84,6 +84,7 @@ class ResumableTrainerMixin:
             last=True, finished=finished, best_file=self.saved_model_file,
             best_valid_result=self.best_valid_result, train_loss_dict=dict(self.train_loss_dict),
             loss_reference=dict(self._loss_reference()), rng=get_rng_state(),
+            valid_history=list(getattr(self, "valid_history", [])),
             loader_rng=generator.get_state() if isinstance(generator, torch.Generator) else None,
         )
         path = self.last_file or last_checkpoint_path(self.saved_model_file)
@@ -99,12 +100,27 @@ class ResumableTrainerMixin:
         if not hasattr(self, "last_file"):
             self.last_file = None
         self._epoch_started = None
-        result = super().fit(train_data, valid_data, verbose=verbose, saved=saved,
-                             show_progress=show_progress, callback_fn=callback_fn)
-        done = max(self.train_loss_dict) if self.train_loss_dict else self.start_epoch - 1
-        if done >= self.start_epoch:
+        first_epoch = self.start_epoch
+        result = self.fit_stages(train_data, valid_data, verbose=verbose, saved=saved,
+                                 show_progress=show_progress, callback_fn=callback_fn)
+        done = self.last_epoch_done()
+        if done >= first_epoch:
             self.save_last(done, train_data, finished=True)
         return result
+
+    def fit_stages(self, train_data, valid_data=None, **kwargs) -> Tuple[float, Optional[dict]]:
+        """One RecBole ``fit``; a trainer with several stages (ETEGRec's finetune) overrides this
+        and calls it once per stage."""
+        return super().fit(train_data, valid_data, **kwargs)
+
+    def last_epoch_done(self) -> int:
+        return max(self.train_loss_dict) if self.train_loss_dict else self.start_epoch - 1
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        # per-epoch validation history: the benchmark plots it and reports the stopping epoch
+        self.valid_history = [*getattr(self, "valid_history", []), (getattr(self, "_epoch_idx", 0), float(score))]
+        return score, result
 
     def epoch_start(self, train_data, epoch_idx) -> None:
         """Once per epoch, before anything else touches the model or the random state."""
@@ -172,6 +188,7 @@ class ResumableTrainerMixin:
             self.best_valid_result = checkpoint.get("best_valid_result")
             self.train_loss_dict = dict(checkpoint.get("train_loss_dict") or {})
             self._loss_ref = dict(checkpoint.get("loss_reference") or {})
+            self.valid_history = [tuple(v) for v in checkpoint.get("valid_history") or []]
             self._pending_rng = {"rng": checkpoint["rng"], "loader_rng": checkpoint.get("loader_rng")}
         else:  # a best checkpoint (no RNG state): training continues after its epoch
             self.saved_model_file = resume_file

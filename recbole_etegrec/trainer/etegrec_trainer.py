@@ -1,26 +1,41 @@
-"""ETEGRecTrainer: RecBole's Trainer plus the tokenizer/recommender alternation.
+"""ETEGRecTrainer: RecBole's Trainer plus the official ETEGRec recipe.
 
-Epoch e < epochs - finetune_epochs is a tokenizer epoch when e % cycle == 0, else a recommender
-epoch; the last ``finetune_epochs`` train the recommender alone. At every phase change the
-codebooks are copied across (recommender copy <-> tokenizer), and after each tokenizer epoch
-every item is re-tokenized and the new code table pushed to the train/valid/test loaders.
-Everything else (logging, validation, early stopping, checkpoints) is RecBole's.
+Two stages, each one RecBole ``fit`` (validation, early stopping, best checkpoint are RecBole's):
+
+1. Alternation, epochs ``0 .. epochs - 1``: epoch e is a tokenizer epoch when e % cycle == 0, else
+   a recommender epoch; SIA/PSA are on from ``warm_epoch``. At every phase change the codebooks
+   are copied across (recommender copy <-> tokenizer) and every gradient is cleared (the
+   inactive optimizer's stale ``.grad`` would otherwise enter the next phase's clipping norm);
+   after each tokenizer epoch every item is re-tokenized and the new code table goes to the
+   train/valid/test loaders. Each phase has its own AdamW and its own schedule (``lr_scheduler``,
+   ``rec_warmup_steps`` / ``id_warmup_steps``), counted in that phase's optimizer steps.
+2. Finetune, up to ``finetune_epochs`` more: the best checkpoint of stage 1 is reloaded, the
+   tokenizer and the codes are frozen, the code loss alone trains the recommender with a fresh
+   AdamW at ``finetune_lr`` (cosine to 0 over the stage, no warm-up), validated every
+   ``finetune_eval_step`` epochs with the early-stopping patience ``finetune_stopping_step``.
+
+Gradients are clipped to ``clip_grad_norm`` in both stages (RecBole's key, applied in its loop).
 
 With ``log_tensorboard: True`` the RecBole TensorBoard writer (``log_tensorboard/<log name>/``)
 also gets, per epoch, the mean batch value of each loss term (``ETEGRec/rec_code_loss`` or
 ``ETEGRec/id_vq_loss``, ``ETEGRec/sia``, ``ETEGRec/psa``), every validation metric
 (``valid/<metric>``) and, at the start of ``fit`` (step ``start_epoch - 1``) and after every
 tokenizer epoch, the tokenizer health (``trainer/health.py``: ``ETEGRec/tokenizer_recon``,
-``ETEGRec/collision_rate``, ``ETEGRec/utilization_l<level>``, ``ETEGRec/entropy_l<level>``).
+``ETEGRec/collision_rate``, ``ETEGRec/utilization_l<level>``, ``ETEGRec/entropy_l<level>``, the
+last being the per-level entropy of the SIA code distributions, also logged as text).
 """
+import os
+from typing import Optional, Tuple
+
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
 from recbole_etegrec import distributed
-from recbole_etegrec.trainer.checkpoint import ResumableTrainerMixin
+from recbole_etegrec.trainer.checkpoint import ResumableTrainerMixin, read_checkpoint
 from recbole_etegrec.trainer.code_table_sync import CodeTableTrainerMixin
 from recbole_etegrec.trainer.health import format_health, tokenizer_health
-from recbole_etegrec.trainer.optim import build_adamw
+from recbole_etegrec.trainer.lean import load_model_state
+from recbole_etegrec.trainer.optim import StepSchedule, build_adamw, lr_factor, warmup_steps_of
 
 
 class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
@@ -36,6 +51,9 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
             config["single_spec"] = not self.distributed
         self.cycle, self.warm_epoch = config["cycle"], config["warm_epoch"]
         self.finetune_epochs = config["finetune_epochs"]
+        self.alternation_epochs = config["epochs"]
+        self.finetune_start = None  # first finetune epoch, known once stage 1 has ended
+        self.finetune_optimizer, self.schedules = None, {}
         self._ddp = {}
         self.log_tensorboard = bool(config["log_tensorboard"])
         if self.distributed:  # every rank must read the checkpoint rank 0 writes
@@ -49,10 +67,81 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
         return self.rec_optimizer
 
     def phase_of(self, epoch) -> str:
-        """``id`` (tokenizer epoch) or ``rec`` (recommender epoch)."""
-        if epoch >= self.epochs - self.finetune_epochs or self.cycle <= 1:
+        """``id`` (tokenizer epoch), ``rec`` (recommender epoch) or ``finetune``."""
+        if self.finetune_start is not None and epoch >= self.finetune_start:
+            return "finetune"
+        if self.cycle <= 1:
             return "rec"
         return "id" if epoch % self.cycle == 0 else "rec"
+
+    # -- the two stages ----------------------------------------------------------------------
+    def fit_stages(self, train_data, valid_data=None, **kwargs) -> Tuple[float, Optional[dict]]:
+        steps = len(train_data)
+        result = (self.best_valid_score, self.best_valid_result)
+        if self.finetune_start is None:  # not resumed inside the finetune stage
+            self.epochs = self.alternation_epochs
+            self._build_schedules(steps)
+            result = super().fit_stages(train_data, valid_data, **kwargs)
+            if not self.finetune_epochs:
+                return result
+            self.finetune_start = self.last_epoch_done() + 1
+            self._start_finetune(train_data, saved=kwargs.get("saved", True))
+        self.epochs = self.finetune_start + self.finetune_epochs
+        self._build_finetune_schedule(steps)
+        return super().fit_stages(train_data, valid_data, **kwargs)
+
+    def _build_schedules(self, steps_per_epoch):
+        """One schedule per phase optimizer; its horizon is that phase's steps over the whole
+        stage, and a resumed run starts it at the steps that phase has already taken."""
+        for schedule in self.schedules.values():
+            schedule.remove()
+        self.schedules = {}
+        epochs = [self.phase_of(e) for e in range(self.alternation_epochs)]
+        done = epochs[:self.start_epoch]
+        for phase, optimizer, key in (("rec", self.rec_optimizer, "rec_warmup_steps"),
+                                      ("id", self.id_optimizer, "id_warmup_steps")):
+            total = epochs.count(phase) * steps_per_epoch
+            factor = lr_factor(self.config["lr_scheduler"], warmup_steps_of(self.config[key], total), total)
+            self.schedules[phase] = StepSchedule(optimizer, factor, offset=done.count(phase) * steps_per_epoch)
+
+    def _build_finetune_schedule(self, steps_per_epoch):
+        for schedule in self.schedules.values():
+            schedule.remove()
+        if self.finetune_optimizer is None:
+            self._new_finetune_optimizer()
+        total = self.finetune_epochs * steps_per_epoch
+        factor = lr_factor("cosine", 0, total)
+        offset = max(self.start_epoch - self.finetune_start, 0) * steps_per_epoch
+        self.schedules = {"finetune": StepSchedule(self.finetune_optimizer, factor, offset=offset)}
+
+    def _new_finetune_optimizer(self):
+        groups = self.model.recommender_parameter_groups(self.config["lr_codebook"])
+        self.finetune_optimizer = build_adamw(groups, self.config["finetune_lr"], self.config["weight_decay"],
+                                              self.config["optimizer"])
+
+    def _start_finetune(self, train_data, saved=True):
+        """Reload stage 1's best checkpoint (weights and code table), fresh optimizer, counters reset."""
+        path = self.saved_model_file
+        if saved and os.path.isfile(path):
+            distributed.barrier()
+            checkpoint = read_checkpoint(path, self.device)
+            load_model_state(self.model, checkpoint, path, self.config["llama_path"])
+            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+            self.logger.info(set_color(f"finetune: reloaded the best checkpoint (epoch {checkpoint['epoch']}) "
+                                       f"{path}", "cyan"))
+        else:
+            self.logger.info(set_color("finetune: no best checkpoint (saved=False or no validation): "
+                                       "continuing from the last epoch's weights", "cyan"))
+        self.push_code_table(train_data)
+        self.model.zero_grad(set_to_none=True)
+        self._new_finetune_optimizer()
+        self.cur_step = 0  # early-stopping patience restarts; the best score to beat is kept
+        self.eval_step = self.config["finetune_eval_step"]
+        self.stopping_step = self.config["finetune_stopping_step"]
+        self.start_epoch = self.finetune_start
+        self._ddp = {}  # the DDP of the recommender phase belongs to the old parameter state
+        if self._saved:
+            self.save_last(self.finetune_start - 1, train_data)  # a crash in the first finetune epoch resumes here
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         # Recommender epochs own the codebooks in the model's copy, tokenizer epochs in the RQ-VAE:
@@ -61,12 +150,17 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
         phase = self.phase_of(epoch_idx)
         if phase == "id":
             self.model.sync_codebooks("to_tokenizer")
-        self.model.set_phase(phase, align=epoch_idx >= self.warm_epoch)
+        # the other phase's gradients must never reach this phase's clipping norm or step
+        self.model.zero_grad(set_to_none=True)
+        self.model.set_phase("id" if phase == "id" else "rec",
+                             align=phase != "finetune" and epoch_idx >= self.warm_epoch)
         if self.distributed:
-            self.distributed_model = self._ddp_for(phase)
-        self.optimizer = self.id_optimizer if phase == "id" else self.rec_optimizer
-        name = "tokenizer" if phase == "id" else "recommender"
-        self.logger.info(set_color(f"epoch {epoch_idx}: {name} epoch", "cyan"))
+            self.distributed_model = self._ddp_for("id" if phase == "id" else "rec")
+        self.optimizer = {"id": self.id_optimizer, "rec": self.rec_optimizer,
+                          "finetune": self.finetune_optimizer}[phase]
+        name = {"id": "tokenizer", "rec": "recommender", "finetune": "finetune (code loss only)"}[phase]
+        lr = ", ".join(f"{g['lr']:.3g}" for g in self.optimizer.param_groups)
+        self.logger.info(set_color(f"epoch {epoch_idx}: {name} epoch, lr {lr}", "cyan"))
         self._batches = 0
         loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
         self._log_loss_terms(epoch_idx, phase, loss)
@@ -102,7 +196,7 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
         if not self._tensorboard_on() or loss is None or not self._batches:
             return
         terms = loss if isinstance(loss, tuple) else (loss,)
-        names = ("id_vq_loss" if phase == "id" else "rec_code_loss", "sia", "psa")
+        names = ("id_vq_loss" if phase == "id" else "rec_code_loss", "sia", "psa")  # finetune: code loss
         for name, value in zip(names, terms):
             self.tensorboard.add_scalar(f"ETEGRec/{name}", float(value) / self._batches, epoch_idx)
 
@@ -135,14 +229,24 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
         return self._ddp[phase]
 
     # checkpoints: the mixin writes them; these are ETEGRec's extra parts
-    lr_keys = ("lr_rec", "lr_id")
+    lr_keys = ("lr_rec", "lr_id", "finetune_lr")
 
     def optimizer_states(self) -> dict:
-        return {"optimizer": self.rec_optimizer.state_dict(), "id_optimizer": self.id_optimizer.state_dict()}
+        states = {"optimizer": self.rec_optimizer.state_dict(), "id_optimizer": self.id_optimizer.state_dict(),
+                  "finetune_start": self.finetune_start}
+        if self.finetune_optimizer is not None:
+            states["finetune_optimizer"] = self.finetune_optimizer.state_dict()
+        return states
 
     def load_optimizer_states(self, checkpoint) -> None:
         self.rec_optimizer.load_state_dict(checkpoint["optimizer"])
         self.id_optimizer.load_state_dict(checkpoint["id_optimizer"])
+        self.finetune_start = checkpoint.get("finetune_start")
+        if checkpoint.get("finetune_optimizer") is not None:
+            self._new_finetune_optimizer()
+            self.finetune_optimizer.load_state_dict(checkpoint["finetune_optimizer"])
+            self.eval_step = self.config["finetune_eval_step"]
+            self.stopping_step = self.config["finetune_stopping_step"]
 
     def loss_phase(self) -> str:
         return f"{self.model.phase}-align{int(self.model.align)}"
