@@ -197,14 +197,31 @@ def write_benchmark(rows, table, dataset, out_dir, results=()) -> List[str]:
     return failures
 
 
-def plot_test_metrics(rows, dataset, path) -> None:
+def _figure():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # no display: files only
     import matplotlib.pyplot as plt
 
+    return plt.subplots(figsize=(7, 4))
+
+
+def _save(fig, ax, path):
+    """Legend, layout, an atomic PNG write; the figure is closed whatever happens."""
+    import matplotlib.pyplot as plt
+
+    try:
+        ax.legend()
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
+
+
+def plot_test_metrics(rows, dataset, path) -> None:
     ok = [r for r in rows if r["status"] == "ok"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _figure()
     width = 0.8 / max(len(ok), 1)
     for i, row in enumerate(ok):
         values = [row[f"test_{m}"] for m in REPORT_METRICS]
@@ -214,35 +231,18 @@ def plot_test_metrics(rows, dataset, path) -> None:
     ax.set_xticklabels([m.replace("recall", "Recall").replace("ndcg", "NDCG") for m in REPORT_METRICS])
     ax.set_ylabel("test score")
     ax.set_title(f"{dataset}: test metrics (full ranking, leave-one-out)")
-    ax.legend()
-    fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120)
-    finally:
-        plt.close(fig)
+    _save(fig, ax, path)
 
 
 def plot_valid_curves(curves, dataset, path) -> None:
-    """Validation score (valid_metric, NDCG@10 here) per epoch, one line per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    """Validation score (valid_metric: NDCG@10 in every benchmark) per epoch, one line per model."""
+    fig, ax = _figure()
     for model, hist in curves.items():
         ax.plot([e for e, _ in hist], [v for _, v in hist], marker=".", label=model)
     ax.set_xlabel("epoch")
     ax.set_ylabel("valid NDCG@10")
     ax.set_title(f"{dataset}: validation per epoch (early stopping on it)")
-    ax.legend()
-    fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120)
-    finally:
-        plt.close(fig)
+    _save(fig, ax, path)
 
 
 def command_line() -> str:

@@ -40,3 +40,41 @@ def test_benchmark_command_writes_table_csv_and_plot(tiny_config_dict, tmp_path)
     run = yaml.safe_load((out_dir / "run.yaml").read_text())
     assert run["command"].startswith("python run_recbole_etegrec.py --model_list SASRec,NoSuchModel,TIGER,ETEGRec")
     assert run["dataset"] == "ml-100k" and run["config_files"] == [str(files)] and run["commit"]
+    # convergence report: epochs, best epoch and wall time per model, and the validation curves
+    for model in ("SASRec", "TIGER", "ETEGRec"):
+        assert int(rows[model]["epochs"]) == 1
+        assert float(rows[model]["wall_time_s"]) >= float(rows[model]["train_time_s"])
+        assert run["models"][model]["epochs_trained"] == 1 and run["models"][model]["wall_minutes"] >= 0
+    assert run["models"]["NoSuchModel"]["status"].startswith("failed")
+    curve = list(csv.DictReader(open(out_dir / "valid_curve.csv")))
+    assert {r["model"] for r in curve} == {"SASRec", "TIGER", "ETEGRec"}
+    assert (out_dir / "valid_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_budget_variants_label_rows_and_run_their_model(tmp_path, monkeypatch):
+    """A budget section with `model:` is a variant: its title labels the row, its keys reach the run."""
+    import pytest
+
+    from recbole_etegrec import benchmark
+    from recbole_etegrec.errors import EtegrecError
+
+    budget = tmp_path / "ablation.yaml"
+    budget.write_text(yaml.safe_dump({"common": {"epochs": 3}, "Full": {"model": "ETEGRec"},
+                                      "NoSIA": {"model": "ETEGRec", "rec_kl_loss": 0.0}}))
+    calls = []
+
+    def fake_run(model, dataset, config_files, config_dict, cmd_args):
+        calls.append((model, config_dict))
+        scores = {m: 0.1 for m in benchmark.REPORT_METRICS}
+        return {"model": model, "valid_result": scores, "test_result": scores, "train_time": 1.0, "eval_time": 1.0,
+                "params": 1, "peak_mem_mb": 1.0, "wall_time": 2.0, "epochs_trained": 3, "best_epoch": 1,
+                "valid_history": [(1, 0.1)]}
+
+    monkeypatch.setattr(benchmark, "run", fake_run)
+    results = benchmark.run_models(["Full", "NoSIA"], "ml-100k", benchmark_dir=str(tmp_path / "out"),
+                                   budget=str(budget))
+    assert [r["model"] for r in results] == ["Full", "NoSIA"]
+    assert calls == [("ETEGRec", {"epochs": 3}), ("ETEGRec", {"epochs": 3, "rec_kl_loss": 0.0})]
+    assert [r["model"] for r in csv.DictReader(open(tmp_path / "out" / "results.csv"))] == ["Full", "NoSIA"]
+    with pytest.raises(EtegrecError, match="does not exist"):
+        benchmark.load_budget("ml-100k", "no-such-budget")

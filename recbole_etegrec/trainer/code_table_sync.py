@@ -6,9 +6,8 @@ loaders always tokenize with the table of the weights being evaluated.
 """
 from typing import Optional
 
-import torch
-
 from recbole_etegrec import distributed
+from recbole_etegrec.trainer.checkpoint import read_checkpoint
 from recbole_etegrec.trainer.lean import load_model_state
 
 
@@ -35,7 +34,7 @@ class CodeTableTrainerMixin:
 
     def _load_checkpoint(self, path):
         """Model weights and ``other_parameter`` (the code table) from a checkpoint this trainer wrote."""
-        checkpoint = torch.load(path, map_location=self.device, weights_only=False)
+        checkpoint = read_checkpoint(path, self.device)  # one clear line if missing or truncated
         load_model_state(self.model, checkpoint, path, self.config["llama_path"])  # lean: base from llama_path
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
         self.logger.info(f"Loading model structure and parameters from {path}")

@@ -81,7 +81,10 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
         if self.finetune_start is None:  # not resumed inside the finetune stage
             self.epochs = self.alternation_epochs
             self._build_schedules(steps)
-            result = super().fit_stages(train_data, valid_data, **kwargs)
+            # RecBole's fit, given no epoch to run, would overwrite the best checkpoint with the
+            # current weights: a run resumed after its last alternation epoch skips the call
+            if self.start_epoch < self.epochs:
+                result = super().fit_stages(train_data, valid_data, **kwargs)
             if not self.finetune_epochs:
                 return result
             self.finetune_start = self.last_epoch_done() + 1
