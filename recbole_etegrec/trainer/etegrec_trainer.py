@@ -125,8 +125,9 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
     def _start_finetune(self, train_data, saved=True):
         """Reload stage 1's best checkpoint (weights and code table), fresh optimizer, counters reset."""
         path = self.saved_model_file
+        if saved:
+            distributed.barrier()  # every rank, before any looks: rank 0 may still be writing it
         if saved and os.path.isfile(path):
-            distributed.barrier()
             checkpoint = read_checkpoint(path, self.device)
             load_model_state(self.model, checkpoint, path, self.config["llama_path"])
             self.model.load_other_parameter(checkpoint.get("other_parameter"))
