@@ -31,10 +31,9 @@ from recbole.trainer import Trainer
 from recbole.utils import set_color
 
 from recbole_etegrec import distributed
-from recbole_etegrec.trainer.checkpoint import ResumableTrainerMixin, read_checkpoint
+from recbole_etegrec.trainer.checkpoint import ResumableTrainerMixin
 from recbole_etegrec.trainer.code_table_sync import CodeTableTrainerMixin
 from recbole_etegrec.trainer.health import format_health, tokenizer_health
-from recbole_etegrec.trainer.lean import load_model_state
 from recbole_etegrec.trainer.optim import StepSchedule, build_adamw, lr_factor, warmup_steps_of
 
 
@@ -96,9 +95,7 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
     def _build_schedules(self, steps_per_epoch):
         """One schedule per phase optimizer; its horizon is that phase's steps over the whole
         stage, and a resumed run starts it at the steps that phase has already taken."""
-        for schedule in self.schedules.values():
-            schedule.remove()
-        self.schedules = {}
+        self._drop_schedules()
         epochs = [self.phase_of(e) for e in range(self.alternation_epochs)]
         done = epochs[:self.start_epoch]
         for phase, optimizer, key in (("rec", self.rec_optimizer, "rec_warmup_steps"),
@@ -107,9 +104,13 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
             factor = lr_factor(self.config["lr_scheduler"], warmup_steps_of(self.config[key], total), total)
             self.schedules[phase] = StepSchedule(optimizer, factor, offset=done.count(phase) * steps_per_epoch)
 
-    def _build_finetune_schedule(self, steps_per_epoch):
+    def _drop_schedules(self):
         for schedule in self.schedules.values():
-            schedule.remove()
+            schedule.remove()  # its hook would keep stepping a replaced schedule
+        self.schedules = {}
+
+    def _build_finetune_schedule(self, steps_per_epoch):
+        self._drop_schedules()
         if self.finetune_optimizer is None:
             self._new_finetune_optimizer()
         total = self.finetune_epochs * steps_per_epoch
@@ -128,9 +129,7 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
         if saved:
             distributed.barrier()  # every rank, before any looks: rank 0 may still be writing it
         if saved and os.path.isfile(path):
-            checkpoint = read_checkpoint(path, self.device)
-            load_model_state(self.model, checkpoint, path, self.config["llama_path"])
-            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+            checkpoint = self._load_checkpoint(path)  # weights + code table, as evaluate reloads them
             self.logger.info(set_color(f"finetune: reloaded the best checkpoint (epoch {checkpoint['epoch']}) "
                                        f"{path}", "cyan"))
         else:
@@ -140,8 +139,7 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
         self.model.zero_grad(set_to_none=True)
         self._new_finetune_optimizer()
         self.cur_step = 0  # early-stopping patience restarts; the best score to beat is kept
-        self.eval_step = self.config["finetune_eval_step"]
-        self.stopping_step = self.config["finetune_stopping_step"]
+        self._finetune_validation()
         self.start_epoch = self.finetune_start
         self._ddp = {}  # the DDP of the recommender phase belongs to the old parameter state
         if self._saved:
@@ -249,8 +247,11 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
         if checkpoint.get("finetune_optimizer") is not None:
             self._new_finetune_optimizer()
             self.finetune_optimizer.load_state_dict(checkpoint["finetune_optimizer"])
-            self.eval_step = self.config["finetune_eval_step"]
-            self.stopping_step = self.config["finetune_stopping_step"]
+            self._finetune_validation()
+
+    def _finetune_validation(self):
+        self.eval_step = self.config["finetune_eval_step"]
+        self.stopping_step = self.config["finetune_stopping_step"]
 
     def loss_phase(self) -> str:
         return f"{self.model.phase}-align{int(self.model.align)}"
