@@ -13,7 +13,7 @@ from recbole.config import Config as RecBoleConfig
 from recbole_etegrec import compat, distributed
 from recbole_etegrec.errors import EtegrecError
 from recbole_etegrec.registry import get_model, properties_dir
-from recbole_etegrec.validation import validate
+from recbole_etegrec.validation import check_evaluation, validate
 
 # Keys whose RecBole default has one type but that legitimately take several.
 _FLEXIBLE_KEYS = {
@@ -120,6 +120,12 @@ class Config(RecBoleConfig):
         if own:
             self._update_internal_config_dict(own)
         self.internal_config_dict.update(protocol_file=protocol, dataset_config_file=own)
+
+    def _set_default_parameters(self):
+        # topk, metrics, valid_metric, eval_args.mode, num_beams: before RecBole's own checks, which
+        # raise TypeError/NotImplementedError tracebacks, or let a bad valid_metric fail after epoch 1
+        check_evaluation(self.final_config_dict, self.model_class, self._key_source)
+        super()._set_default_parameters()
 
     # -- devices ---------------------------------------------------------------------------
     def _init_device(self):

@@ -3,9 +3,11 @@
 import os
 import time
 from logging import getLogger
-from typing import TYPE_CHECKING, Tuple
+from typing import TYPE_CHECKING, Callable, Optional, Tuple
 
+import numpy as np
 import torch
+from recbole.evaluator.register import metrics_dict
 from recbole.trainer import Trainer
 from recbole.utils import init_logger, init_seed, set_color
 
@@ -14,6 +16,7 @@ from recbole_etegrec.data import create_dataset, data_preparation
 from recbole_etegrec.errors import EtegrecError
 from recbole_etegrec.io import check_writable
 from recbole_etegrec.registry import get_model, get_trainer
+from recbole_etegrec.stages.item_embeddings import publish_sasrec_table
 from recbole_etegrec.stages.item_tokenizer import prepare_item_tokenizer
 from recbole_etegrec.trainer.checkpoint import ResumableTrainerMixin
 
@@ -96,10 +99,14 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None, 
     train_time = time.time() - start
     start = time.time()
     test_result = {}
+    per_user = capture_per_user(trainer, test_data._dataset) if evaluate_test else None
     if evaluate_test:
         test_result = trainer.evaluate(test_data, load_best_model=saved,
                                        show_progress=config["show_progress"])
     eval_time = time.time() - start
+    if config["model"] == "SASRec" and saved and evaluate_test and config["local_rank"] == 0:
+        # the best epoch is loaded: a tokenizer stage with the same SASRec settings reuses it
+        publish_sasrec_table(config, net, train_data._dataset)
 
     history = list(getattr(trainer, "valid_history", []))
     pick = max if trainer.valid_metric_bigger else min
@@ -111,6 +118,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None, 
         "best_valid_score": best_valid_score,
         "valid_result": dict(best_valid_result or {}),
         "test_result": dict(test_result),
+        "test_per_user": per_user() if per_user else None,  # the paired bootstrap's input (benchmark.py)
         "train_time": train_time,
         "eval_time": eval_time,
         "params": sum(p.numel() for p in net.parameters()),
@@ -143,3 +151,52 @@ def _remember_valid_results(trainer):
         return score, result
 
     trainer._valid_epoch = wrapped
+
+
+def capture_per_user(trainer, dataset) -> Callable[[], Optional[dict]]:
+    """Keep what RecBole's next evaluation sees, per user: the user id of every row the Collector
+    gets (``eval_batch_collect``) and the data struct the Evaluator gets (``evaluate``). Call before
+    the test evaluation; the returned function then gives ``per_user_metrics`` of it. Hooks on
+    these two objects, not on the trainer's ``evaluate``: the code models' trainers override
+    ``evaluate`` but all end in RecBole's, which feeds exactly these two."""
+    kept = {"users": [], "struct": None}
+    collect, evaluate = trainer.eval_collector.eval_batch_collect, trainer.evaluator.evaluate
+    uid_field = trainer.config["USER_ID_FIELD"]
+
+    def collect_users(scores, interaction, positive_u, positive_i):
+        users = interaction[uid_field].cpu()
+        kept["users"].append(users if len(users) == len(scores) else None)  # None: rows are not users
+        return collect(scores, interaction, positive_u, positive_i)
+
+    def keep_struct(struct):
+        kept["struct"] = struct
+        return evaluate(struct)
+
+    trainer.eval_collector.eval_batch_collect = collect_users
+    trainer.evaluator.evaluate = keep_struct
+    # under DDP a rank's struct holds only its own users: no per-user arrays there
+    return lambda: per_user_metrics(trainer.config, kept, dataset) if trainer.config["single_spec"] else None
+
+
+def per_user_metrics(config, kept, dataset) -> Optional[dict]:
+    """``{"users": user tokens, "recall@10": values, ...}`` for every recall/ndcg in REPORT_METRICS,
+    from RecBole's own metric classes on the kept struct (their mean is RecBole's reported value),
+    sorted by user id: the code models' length-grouped loaders score users in another order than
+    RecBole's, and sorting gives every model on one split the same order. None when the evaluation
+    was not one row per user (negative sampling, several test rows per user: nothing to pair users
+    by) or no top-k struct was collected."""
+    struct, users = kept["struct"], kept["users"]
+    if struct is None or "rec.topk" not in struct or not users or any(u is None for u in users):
+        return None
+    users = torch.cat(users).numpy()
+    pos_index, pos_len = metrics_dict["recall"](config).used_info(struct)
+    if len(users) != len(pos_len) or len(np.unique(users)) != len(users):
+        return None
+    order = np.argsort(users, kind="stable")
+    result = {"users": np.asarray(dataset.id2token(dataset.uid_field, users[order])).astype(str)}
+    for name in REPORT_METRICS:
+        metric, k = name.split("@")
+        if metric in ("recall", "ndcg") and int(k) <= pos_index.shape[1]:
+            values = metrics_dict[metric](config).metric_info(pos_index, pos_len)[:, int(k) - 1]
+            result[name] = values[order].astype(np.float64)
+    return result

@@ -6,6 +6,10 @@
   known key. New keys in a property file are known automatically.
 * ranges: positive sizes and learning rates, ``code_length`` >= 2, heads that divide the hidden
   size, choices, and ``llama_path`` holding a LLaMA config.
+* evaluation (``check_evaluation``, run before RecBole's own checks): ``topk`` positive ints,
+  ``metrics`` RecBole's names, ``valid_metric`` one RecBole computes from them, ``eval_args.mode``
+  and ``topk`` compatible, and for code models full ranking with ``num_beams`` >= max(topk).
+  ``check_topk_items`` adds the one rule that needs the data: ``topk`` below the item count.
 """
 import difflib
 import glob
@@ -16,6 +20,7 @@ from functools import lru_cache
 from typing import Set
 
 import yaml
+from recbole.evaluator import metric_information, metric_types, metrics_dict
 
 from recbole_etegrec.errors import EtegrecError
 
@@ -33,7 +38,8 @@ _POSITIVE_INT = ("epochs", "train_batch_size", "eval_batch_size", "num_beams", "
 _NON_NEGATIVE = ("warm_epoch", "finetune_epochs", "rqvae_ae_warmup", "rqvae_warmup_epochs",
                  "rqvae_recon_tolerance", "weight_decay",
                  "rqvae_weight_decay", "rqvae_beta", "id_vq_loss", "id_kl_loss", "id_dec_cl_loss",
-                 "rec_code_loss", "rec_kl_loss", "rec_dec_cl_loss")
+                 "rec_code_loss", "rec_kl_loss", "rec_dec_cl_loss", "tokenizer_guard_collision",
+                 "tokenizer_guard_utilization")
 _POSITIVE_FLOAT = ("learning_rate", "lr_rec", "lr_id", "lr_codebook", "finetune_lr", "rqvae_lr", "tau",
                    "code_temperature")
 # step counts, or (transformers' convention) a float in (0, 1) = fraction of the schedule's steps
@@ -189,6 +195,197 @@ def check_llama_path(path) -> None:
     if model_type not in LLAMA_FAMILY:
         raise EtegrecError(f"llama_path '{path}' holds a '{model_type}' model, not LLaMA: point it at a "
                            "LLaMA checkpoint (model_type 'llama' in config.json)")
+
+
+# -- evaluation: topk, metrics, valid_metric, eval_args.mode, num_beams ---------------------------
+def _origin(config_dict, key, sources, model=None) -> str:
+    """Where ``key``'s value came from: the user's source, else the last property file setting it."""
+    if key in sources:
+        return sources[key]
+    from recbole_etegrec.registry import properties_dir
+
+    root = properties_dir()
+    model = model or config_dict.get("model")
+    files = [config_dict.get("dataset_config_file"), config_dict.get("protocol_file"),
+             os.path.join(root, "model", f"{model}.yaml"), os.path.join(root, "tokenizer.yaml"),
+             os.path.join(root, "overall.yaml")]
+    for file in files:
+        if file and os.path.isfile(file) and key in _file_keys(file):
+            rel = os.path.relpath(file, os.path.dirname(root))
+            return rel if not rel.startswith("..") else file
+    return "RecBole's defaults"
+
+
+@lru_cache(maxsize=None)
+def _file_keys(file):
+    try:
+        with open(file, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return frozenset()
+    return frozenset(data) if isinstance(data, dict) else frozenset()
+
+
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _at_k(metric) -> bool:
+    """RecBole reports this metric per cut-off (``ndcg@10``), not once (``gauc``, ``auc``)."""
+    return bool({"rec.topk", "rec.items"} & set(metric_information[metric]))
+
+
+def _metric_name(name) -> str:
+    return metrics_dict[name].__name__  # RecBole's spelling: NDCG, Recall, ItemCoverage
+
+
+def _closest_metric(name) -> str:
+    close = difflib.get_close_matches(str(name).lower(), sorted(metric_types), n=1, cutoff=0.5)
+    return f"did you mean '{_metric_name(close[0])}'?" if close else \
+        f"RecBole's metrics are {', '.join(sorted(_metric_name(m) for m in metric_types))}"
+
+
+def _as_list(value):
+    """``--metrics=[Recall,NDCG]`` or ``--metrics=Recall,NDCG`` reach the config as one string
+    (RecBole cannot evaluate bare names): the list of names they mean."""
+    if isinstance(value, str):
+        return [part.strip().strip("'\"") for part in value.strip().strip("[]").split(",") if part.strip()]
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _eval_modes(config_dict) -> dict:
+    """``eval_args.mode`` as RecBole reads it: ``{"valid": mode, "test": mode}``."""
+    eval_args = config_dict.get("eval_args")
+    mode = eval_args.get("mode", "full") if isinstance(eval_args, dict) else "full"
+    if isinstance(mode, dict):
+        default = mode.get("valid", mode.get("test", "full"))
+        return {"valid": mode.get("valid", default), "test": mode.get("test", default)}
+    return {"valid": mode, "test": mode}
+
+
+def check_evaluation(config_dict, model_class, sources) -> None:
+    """What is measured: runs on RecBole's merged config before RecBole's own checks (which raise
+    tracebacks, or accept a ``valid_metric`` no evaluation produces and fail after the first
+    epoch). Normalises ``topk: (5, 10)`` and ``metrics: "Recall,NDCG"`` (command-line forms) to lists."""
+    model = getattr(model_class, "__name__", None)
+    where = lambda key: _origin(config_dict, key, sources, model)  # noqa: E731
+
+    # topk: positive integer cut-offs (an int is RecBole's shorthand for [int])
+    topk = config_dict.get("topk")
+    if isinstance(topk, tuple):
+        topk = config_dict["topk"] = list(topk)
+    cutoffs = [topk] if _is_count(topk) else topk
+    if not isinstance(cutoffs, list) or not cutoffs or not all(_is_count(k) and k > 0 for k in cutoffs):
+        _fail("topk", topk, "a positive integer or a list of them (e.g. [5, 10])", sources)
+
+    # metrics: RecBole's names, case-insensitive, all ranking or all value metrics
+    metrics = _as_list(config_dict.get("metrics"))
+    if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
+        _fail("metrics", config_dict.get("metrics"), "a list of RecBole metric names (e.g. [Recall, NDCG])",
+              sources)
+    config_dict["metrics"] = metrics
+    for metric in metrics:
+        if metric.lower() not in metric_types:
+            raise EtegrecError(f"config key 'metrics' from {where('metrics')} names '{metric}', which is not a "
+                               f"RecBole metric: {_closest_metric(metric)}")
+    kinds = {metric_types[m.lower()].name.lower(): m for m in metrics}
+    if len(kinds) > 1:
+        raise EtegrecError(f"config key 'metrics' from {where('metrics')} mixes a ranking metric "
+                           f"({kinds['ranking']}) with a value metric ({kinds['value']}): RecBole evaluates "
+                           "one kind per run; keep one kind")
+    modes = _eval_modes(config_dict)
+    if "value" in kinds and "full" in modes.values():
+        raise EtegrecError(f"config key 'metrics' from {where('metrics')} holds the value metric "
+                           f"{kinds['value']}, which needs labeled scores, but eval_args.mode is full ranking: "
+                           "use ranking metrics (Recall, NDCG, ...) or set eval_args.mode to labeled")
+
+    # eval_args.mode: sampled candidates bound the cut-offs
+    for phase, mode in modes.items():
+        if isinstance(mode, str) and mode[:3] in ("uni", "pop") and mode[3:].isdigit() \
+                and max(cutoffs) > int(mode[3:]) and "ranking" in kinds:
+            raise EtegrecError(
+                f"config key 'topk' from {where('topk')} has cut-off {max(cutoffs)}, but eval_args.mode "
+                f"({phase}: {mode}) samples {mode[3:]} negatives per positive, so for a user with one positive "
+                f"(leave-one-out) @{max(cutoffs)} ranks every candidate: use cut-offs <= {mode[3:]} or more "
+                "negatives")
+
+    # valid_metric: one of the results RecBole computes from metrics x topk
+    _check_valid_metric(config_dict, metrics, cutoffs, sources, where)
+
+    if getattr(model_class, "uses_item_codes", False):
+        _check_code_model_evaluation(config_dict, model, metrics, cutoffs, modes, where)
+
+
+def _check_valid_metric(config_dict, metrics, cutoffs, sources, where):
+    valid = config_dict.get("valid_metric")
+    choices = [f"{_metric_name(m.lower())}@{k}" if _at_k(m.lower()) else _metric_name(m.lower())
+               for m in metrics for k in (cutoffs if _at_k(m.lower()) else [None])]
+    choices = list(dict.fromkeys(choices))
+    pick = f"pick one of {', '.join(choices)}"
+    if not isinstance(valid, str) or not valid.strip():
+        _fail("valid_metric", valid, f"a metric name like NDCG@10 ({pick})", sources)
+    name, at, k = valid.partition("@")
+    name = name.lower()  # RecBole's trainer looks up valid_metric.lower() in the results: no spaces
+    if name not in metric_types:
+        raise EtegrecError(f"config key 'valid_metric' from {where('valid_metric')} is '{valid}', not a RecBole "
+                           f"metric: {_closest_metric(name)} ({pick})")
+    if name not in {m.lower() for m in metrics}:
+        raise EtegrecError(f"config key 'valid_metric' from {where('valid_metric')} is '{valid}', but metrics "
+                           f"{metrics} (from {where('metrics')}) does not compute {_metric_name(name)}, so early "
+                           f"stopping would fail after the first epoch: add {_metric_name(name)} to metrics or "
+                           f"{pick}")
+    if not _at_k(name):
+        if at:
+            raise EtegrecError(f"config key 'valid_metric' from {where('valid_metric')} is '{valid}', but RecBole "
+                               f"reports {_metric_name(name)} without a cut-off: set valid_metric to "
+                               f"{_metric_name(name)}")
+        return
+    if not (k.isdigit() and str(int(k)) == k):  # 'NDCG', 'NDCG@ 10', 'NDCG@010': no result has that name
+        raise EtegrecError(f"config key 'valid_metric' from {where('valid_metric')} is '{valid}', but RecBole "
+                           f"reports {_metric_name(name)} per cut-off, as {_metric_name(name)}@<k> with k in topk: "
+                           f"{pick}")
+    if int(k) not in cutoffs:
+        raise EtegrecError(f"config key 'valid_metric' from {where('valid_metric')} is '{valid}', but topk "
+                           f"{config_dict.get('topk')} (from {where('topk')}) has no cut-off {k}, so early "
+                           f"stopping would fail after the first epoch: {pick}, or add {k} to topk")
+
+
+def _check_code_model_evaluation(config_dict, model, metrics, cutoffs, modes, where):
+    """Beam search ranks only its ``num_beams`` finished beams over all items; every other item
+    scores -inf (``code_model.full_sort_predict``)."""
+    for phase, mode in modes.items():
+        if mode != "full":
+            raise EtegrecError(f"config key 'eval_args' from {where('eval_args')} sets mode {mode!r} for {phase}, "
+                               f"but {model} ranks by beam search over all items: set eval_args.mode to 'full'")
+    for metric in metrics:
+        if not _at_k(metric.lower()):
+            raise EtegrecError(f"config key 'metrics' from {where('metrics')} holds {_metric_name(metric.lower())},"
+                               f" which ranks every item, but {model}'s beam search scores only num_beams items "
+                               "(the rest tie at -inf): use top-k metrics (Recall, NDCG, MRR, Hit, ...)")
+    beams = config_dict.get("num_beams")
+    if _is_count(beams) and beams > 0 and beams < max(cutoffs):
+        raise EtegrecError(
+            f"config key 'num_beams' from {where('num_beams')} is {beams}, below the largest 'topk' cut-off "
+            f"{max(cutoffs)} (topk {config_dict.get('topk')} from {where('topk')}): beam search returns only "
+            f"{beams} items, so metrics @{max(cutoffs)} see at most {beams} ranked items (the rest tie at -inf); "
+            f"raise num_beams to >= {max(cutoffs)} or drop the topk cut-offs above {beams}")
+
+
+def check_topk_items(config, dataset) -> None:
+    """Once the item count is known (after the dataset is built, before any loader or model):
+    a cut-off that reaches every item counts them all (Recall@k = 1), and one above the
+    score matrix's width fails in torch.topk after the first epoch."""
+    modes = _eval_modes(config.final_config_dict)
+    if "full" not in modes.values() or config["eval_type"] is None or config["eval_type"].name != "RANKING":
+        return
+    items = dataset.item_num - 1  # id 0 is padding
+    largest = max(config["topk"])
+    if largest >= items:
+        sources = getattr(config, "_key_source", {})
+        raise EtegrecError(
+            f"config key 'topk' from {_origin(config.final_config_dict, 'topk', sources)} has cut-off {largest}, "
+            f"but {dataset.dataset_name} has {items} items, so full ranking @{largest} ranks every item "
+            f"(Recall@{largest} = 1): use cut-offs below {items}")
 
 
 def validate(config, sources) -> None:

@@ -23,7 +23,7 @@ import run_recbole_etegrec  # noqa: E402
 HEADER = "user_id:token\titem_id:token\ttimestamp:float\n"
 TRAIN = ["--epochs=2", "--cycle=2", "--warm_epoch=0", "--finetune_epochs=1"]
 
-# (id, model, extra arguments ({name} = an artifact path), expected fragment of the error line)
+# (id, model, extra arguments ({name} = an artifact path, {{ }} = a brace), expected fragment of the error line)
 CASES = [
     # values out of range (validated in Config, before any data is read)
     ("epochs_negative", "ETEGRec", ["--epochs=-1"], "'epochs' from the command line must be a positive integer"),
@@ -55,6 +55,46 @@ CASES = [
      "'optimizer' from the command line must be adamw or adamw8bit"),
     ("scheduler_unknown", "TIGER", ["--lr_scheduler=linear"], "'lr_scheduler' from the command line must be one of"),
     ("eval_step_negative", "SASRec", ["--eval_step=-1"], "'eval_step' from the command line must be >= 0"),
+    # what is measured: topk, metrics, valid_metric, eval_args.mode, num_beams (Config, before any data is read)
+    ("beams_below_topk", "ETEGRec", ["--num_beams=5"],
+     "'num_beams' from the command line is 5, below the largest 'topk' cut-off 10"),
+    ("beams_below_topk_tiger", "TIGER", ["--num_beams=9"],
+     "'num_beams' from the command line is 9, below the largest 'topk' cut-off 10"),
+    ("beams_below_topk_yaml", "TIGER", ["--config_files={topk20_yaml}"],
+     "is 10, below the largest 'topk' cut-off 20 (topk [5, 20] from config file"),
+    ("topk_word", "ETEGRec", ["--topk=ten"], "'topk' from the command line must be a positive integer or a list"),
+    ("topk_zero", "SASRec", ["--topk=[0,5]"], "'topk' from the command line must be a positive integer or a list"),
+    ("topk_float", "Pop", ["--topk=[5.5]"], "'topk' from the command line must be a positive integer or a list"),
+    ("topk_empty", "TIGER", ["--topk=[]"], "'topk' from the command line must be a positive integer or a list"),
+    ("metric_typo", "SASRec", ["--metrics=[Recall,NDGC]"],
+     "'metrics' from the command line names 'NDGC', which is not a RecBole metric: did you mean 'NDCG'?"),
+    ("metric_typo_yaml", "ETEGRec", ["--config_files={metric_typo_yaml}"],
+     "names 'Recal', which is not a RecBole metric: did you mean 'Recall'?"),
+    ("metrics_empty", "Pop", ["--metrics=[]"], "'metrics' from the command line must be a list of RecBole metric"),
+    ("valid_metric_cutoff", "SASRec", ["--valid_metric=NDCG@20"],
+     "'valid_metric' from the command line is 'NDCG@20', but topk [5, 10]"),
+    ("valid_metric_not_computed", "ETEGRec", ["--valid_metric=MRR@10"],
+     "is 'MRR@10', but metrics ['Recall', 'NDCG'] (from properties/dataset/ml-100k.yaml) does not compute MRR"),
+    ("valid_metric_no_cutoff", "TIGER", ["--valid_metric=NDCG"],
+     "'valid_metric' from the command line is 'NDCG', but RecBole reports NDCG per cut-off"),
+    ("valid_metric_typo", "Pop", ["--valid_metric=NDGC@10"],
+     "is 'NDGC@10', not a RecBole metric: did you mean 'NDCG'?"),
+    ("value_metric_full", "SASRec", ["--metrics=[AUC]", "--valid_metric=AUC"],
+     "'metrics' from the command line holds the value metric AUC, which needs labeled scores"),
+    ("metrics_mixed", "Pop", ["--metrics=[Recall,AUC]"], "mixes a ranking metric (Recall) with a value metric (AUC)"),
+    ("code_model_sampled", "TIGER", ["--eval_args={{'mode':'uni100'}}"],
+     "'eval_args' from the command line sets mode 'uni100' for valid, but TIGER ranks by beam search"),
+    ("code_model_sampled_test", "ETEGRec", ["--eval_args={{'mode':{{'valid':'full','test':'pop100'}}}}"],
+     "sets mode 'pop100' for test, but ETEGRec ranks by beam search"),
+    ("code_model_gauc", "ETEGRec", ["--metrics=[Recall,NDCG,GAUC]"], "holds GAUC, which ranks every item"),
+    ("code_model_gauc_tiger", "TIGER", ["--metrics=[GAUC]", "--valid_metric=GAUC"], "holds GAUC, which ranks every"),
+    ("sampled_topk", "SASRec", ["--eval_args={{'mode':'uni100'}}", "--topk=[10,200]"],
+     "'topk' from the command line has cut-off 200, but eval_args.mode (valid: uni100) samples 100 negatives"),
+    ("sampled_topk_pop", "Pop", ["--eval_args={{'mode':'pop50'}}", "--topk=[10,60]"], "(valid: pop50) samples 50"),
+    # ... and once the dataset is built (its item count), before any model
+    ("topk_all_items", "Pop", ["--topk=[5,10,1682]"],
+     "'topk' from the command line has cut-off 1682, but ml-100k has 1682 items"),
+    ("topk_over_items", "SASRec", ["--topk=[10,5000]"], "has cut-off 5000, but ml-100k has 1682 items"),
     # typos: unknown keys name the closest known key
     ("typo_num_beam", "ETEGRec", ["--num_beam=1"],
      "unknown config key 'num_beam' from the command line: did you mean 'num_beams'?"),
@@ -124,6 +164,10 @@ def artifacts(tiny_config_dict, tmp_path_factory):
                                                                    "num_attention_heads": 4}}))
     paths["wide_llama"].write_text(yaml.safe_dump({"llama_config": {**tiny["llama_config"], "hidden_size": 48}}))
     paths["typo_yaml"].write_text("num_beam: 1\n")
+    paths["topk20_yaml"] = tmp / "topk20.yaml"
+    paths["topk20_yaml"].write_text("topk: [5, 20]\nvalid_metric: NDCG@20\n")
+    paths["metric_typo_yaml"] = tmp / "metric_typo.yaml"
+    paths["metric_typo_yaml"].write_text("metrics: [Recal, NDCG]\n")
     paths["broken_yaml"].write_text("epochs: 1\nlearning_rate: [1, 2\n")
     paths["list_yaml"].write_text("- epochs\n- 1\n")
     (tmp / "bert").mkdir()
@@ -212,7 +256,8 @@ def test_bad_input_is_one_error_line_and_exit_2(name, model, extra, fragment, ar
         assert glob.glob(os.path.join(checkpoint_dir, f"{model}-*.pth"))
 
 
-@pytest.mark.parametrize("name", ["typo_num_beam", "inter_header_only", "checkpoint_dir_unwritable"])
+@pytest.mark.parametrize("name", ["typo_num_beam", "beams_below_topk", "inter_header_only",
+                                  "checkpoint_dir_unwritable"])
 def test_real_script_runs(name, artifacts, tmp_path):
     _, model, extra, fragment = next(c for c in CASES if c[0] == name)
     args = _fix_config_files(_args(model, extra, artifacts, tmp_path / "saved"))
@@ -222,6 +267,24 @@ def test_real_script_runs(name, artifacts, tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and fragment in errors[0] and "Traceback" not in proc.stderr
+
+
+def test_evaluation_settings_recbole_accepts_still_pass():
+    """The forms RecBole takes (an int topk, any-case names, value metrics with labeled scores)
+    pass, and the command-line forms of lists (5,10 and Recall,NDCG) become lists."""
+    from recbole_etegrec.config import Config
+
+    config = Config("ETEGRec", "ml-100k", cmd_args=["--topk=10"])
+    assert config["topk"] == [10] and config["num_beams"] >= 10
+    config = Config("SASRec", "ml-100k", cmd_args=["--topk=5,10", "--metrics=Recall,ndcg", "--valid_metric=ndcg@5"])
+    assert config["topk"] == [5, 10] and config["metrics"] == ["Recall", "ndcg"]
+    config = Config("SASRec", "ml-100k", cmd_args=["--metrics=[Recall,GAUC]", "--valid_metric=GAUC"])
+    assert config["valid_metric"] == "GAUC" and config["valid_metric_bigger"] is True
+    config = Config("SASRec", "ml-100k", cmd_args=["--metrics=[AUC,LogLoss]", "--valid_metric=LogLoss",
+                                                   "--eval_args={'mode':'labeled'}"])
+    assert config["valid_metric_bigger"] is False  # RecBole's smaller_metrics: LogLoss
+    config = Config("TIGER", "ml-100k", cmd_args=["--topk=[20]", "--valid_metric=NDCG@20"])  # num_beams 20
+    assert config["topk"] == [20]
 
 
 def test_nan_loss_is_one_error_line(artifacts, tmp_path, capfd, monkeypatch):

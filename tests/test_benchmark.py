@@ -49,6 +49,12 @@ def test_benchmark_command_writes_table_csv_and_plot(tiny_config_dict, tmp_path)
     curve = list(csv.DictReader(open(out_dir / "valid_curve.csv")))
     assert {r["model"] for r in curve} == {"SASRec", "TIGER", "ETEGRec"}
     assert (out_dir / "valid_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # each model's per-user test values, and its margin to the best other model with the 95% interval
+    for model in ("SASRec", "TIGER", "ETEGRec"):
+        assert run["models"][model]["per_user_file"] == f"per_user/{model}.csv"
+        assert len((out_dir / "per_user" / f"{model}.csv").read_text().splitlines()) == 1 + 25
+        assert " [" in rows[model]["delta_recall@10"] and " vs " in rows[model]["delta_ndcg@10"]
+    assert "delta_R@10" in table and rows["NoSuchModel"]["delta_recall@10"] == ""
 
 
 def test_budget_variants_label_rows_and_run_their_model(tmp_path, monkeypatch):
@@ -78,3 +84,135 @@ def test_budget_variants_label_rows_and_run_their_model(tmp_path, monkeypatch):
     assert [r["model"] for r in csv.DictReader(open(tmp_path / "out" / "results.csv"))] == ["Full", "NoSIA"]
     with pytest.raises(EtegrecError, match="does not exist"):
         benchmark.load_budget("ml-100k", "no-such-budget")
+
+
+TINY_MODELS = {"epochs": 1, "hidden_size": 16, "inner_size": 32, "num_encoder_layers": 1, "num_decoder_layers": 1,
+               "d_model": 16, "num_heads": 2, "d_kv": 8, "d_ff": 32, "eval_batch_size": 16,
+               "n_layers": 1, "train_batch_size": 512, "MAX_ITEM_LIST_LENGTH": 5}  # few, short steps: plumbing only
+TIMINGS = {"train_time_s", "eval_time_s", "wall_time_s", "peak_mem_mb"}
+
+
+def test_per_user_test_values_are_recboles_and_pair_across_models(tiny_config_dict):
+    """RecBole's Recall/NDCG per user, captured from its own evaluator: their mean is the reported test
+    metric, for RecBole's trainer (Pop, SASRec) and a code model's (TIGER), in one user order."""
+    import numpy as np
+
+    from recbole_etegrec.quick_start import REPORT_METRICS, run
+
+    per_user = {}
+    for model, users in (("Pop", 300), ("SASRec", 40), ("TIGER", 40)):  # Pop: enough users to have hits
+        result = run(model, "ml-100k", config_dict={**tiny_config_dict, **TINY_MODELS, "debug_samples": users})
+        values = per_user[model] = result["test_per_user"]
+        assert len(values["users"]) == users and set(values) == {"users", *REPORT_METRICS}
+        for metric in REPORT_METRICS:  # RecBole rounds to 4 places
+            assert abs(values[metric].mean() - result["test_result"][metric]) <= 1e-4, (model, metric)
+        for k in (5, 10):  # leave-one-out: one target a user, so recall is 0/1 and NDCG > 0 on hits only
+            recall, ndcg = values[f"recall@{k}"], values[f"ndcg@{k}"]
+            assert set(np.unique(recall)) <= {0.0, 1.0} and np.array_equal(ndcg > 0, recall > 0)
+    assert per_user["Pop"]["recall@10"].sum() >= 3  # a model with hits: the mean check is not 0 == 0
+    assert np.array_equal(per_user["SASRec"]["users"], per_user["TIGER"]["users"])
+    assert run("Pop", "ml-100k", config_dict=tiny_config_dict, evaluate_test=False)["test_per_user"] is None
+
+
+def _table(folder):
+    rows = list(csv.DictReader(open(folder / "results.csv")))
+    return [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows]
+
+
+def test_model_by_model_runs_merge_into_the_one_invocation_table(tiny_config_dict, tmp_path):
+    from recbole_etegrec.benchmark import run_models
+
+    tiny = {**tiny_config_dict, **TINY_MODELS}
+    one, split = tmp_path / "one", tmp_path / "split"
+    run_models(["Pop", "SASRec"], "ml-100k", config_dict=tiny, benchmark_dir=str(one))
+    run_models(["Pop"], "ml-100k", config_dict=tiny, benchmark_dir=str(split))
+    run_models(["SASRec"], "ml-100k", config_dict=tiny, benchmark_dir=str(split))
+    assert _table(split) == _table(one)
+    assert [r["model"] for r in _table(one)] == ["Pop", "SASRec"]
+    assert _table(one)[0]["delta_recall@10"].endswith("] vs SASRec")
+    for name in ("per_user/Pop.csv", "per_user/SASRec.csv", "valid_curve.csv"):
+        assert (split / name).read_text() == (one / name).read_text()
+    head = (split / "per_user" / "Pop.csv").read_text().splitlines()[0]
+    assert head == "user_id,recall@5,recall@10,ndcg@5,ndcg@10"
+    run = yaml.safe_load((split / "run.yaml").read_text())
+    assert list(run["models"]) == ["Pop", "SASRec"]
+    for entry in run["models"].values():  # a merged table keeps each row's own origin
+        assert entry["commit"] and entry["command"] and entry["started"] and entry["budget"] == {}
+        assert entry["dataset"] == "ml-100k" and entry["epochs_trained"] == 1
+
+
+def _fake_run(hits, calls=None, fail=()):
+    """``benchmark.run`` stand-in: ``hits[label]`` of 50 users hit (recall 1, NDCG .5), the others miss."""
+    import numpy as np
+
+    from recbole_etegrec import benchmark
+
+    def fake(model, dataset, config_files, config_dict, cmd_args):
+        if calls is not None:
+            calls.append(model)
+        if model in fail:
+            raise RuntimeError("boom")
+        n = 50 if model != "Other50" else 30
+        recall = (np.arange(n) < hits[model]).astype(np.float64)
+        per_user = {"users": np.array([str(u) for u in range(1, n + 1)]), "recall@5": recall, "recall@10": recall,
+                    "ndcg@5": recall / 2, "ndcg@10": recall / 2}
+        scores = {m: float(per_user[m].mean()) for m in benchmark.REPORT_METRICS}
+        return {"model": model, "valid_result": scores, "test_result": scores, "test_per_user": per_user,
+                "train_time": 1.0, "eval_time": 1.0, "params": 1, "peak_mem_mb": 1.0, "wall_time": 2.0,
+                "epochs_trained": 1, "best_epoch": 0, "valid_history": [(0, hits[model] / 100)]}
+    return fake
+
+
+def test_a_rerun_replaces_its_rows_in_place_and_keeps_the_others(tmp_path, monkeypatch):
+    from recbole_etegrec import benchmark
+
+    out = tmp_path / "bench"
+    monkeypatch.setattr(benchmark, "run", _fake_run({"A": 10, "B": 5, "C": 1}))
+    benchmark.run_models(["A", "B", "C"], "ml-100k", benchmark_dir=str(out))
+    rows = {r["model"]: r for r in _table(out)}
+    assert rows["A"]["delta_recall@10"].startswith("+0.1000 [") and rows["A"]["delta_recall@10"].endswith("vs B")
+    assert rows["C"]["delta_ndcg@10"].startswith("-0.0900 [") and rows["C"]["delta_ndcg@10"].endswith("vs A")
+    # an entry from before rows carried their origin gets the run's
+    info = yaml.safe_load((out / "run.yaml").read_text())
+    info["models"]["A"] = {"epochs_trained": 1, "per_user_file": "per_user/A.csv"}
+    (out / "run.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
+
+    calls = []
+    monkeypatch.setattr(benchmark, "run", _fake_run({"B": 20, "D": 2}, calls, fail=("C",)))
+    benchmark.run_models(["C", "B", "D"], "ml-100k", benchmark_dir=str(out))
+    assert calls == ["C", "B", "D"]
+    rows = {r["model"]: r for r in _table(out)}
+    assert list(rows) == ["A", "B", "C", "D"]  # replaced rows keep their place, new ones follow
+    assert rows["A"]["test_recall@10"] == "0.2" and rows["B"]["test_recall@10"] == "0.4"
+    assert rows["A"]["delta_recall@10"].startswith("-0.2000 [") and rows["A"]["delta_recall@10"].endswith("vs B")
+    assert rows["C"]["status"] == "failed: RuntimeError: boom" and not (out / "per_user" / "C.csv").exists()
+    curve = list(csv.DictReader(open(out / "valid_curve.csv")))
+    assert [(r["model"], r["valid_score"]) for r in curve] == [("A", "0.1"), ("B", "0.2"), ("D", "0.02")]
+    info = yaml.safe_load((out / "run.yaml").read_text())
+    assert list(info["models"]) == ["A", "B", "C", "D"]
+    assert info["models"]["A"]["commit"] and info["models"]["A"]["per_user_file"] == "per_user/A.csv"
+    assert info["models"]["C"]["status"] == "failed: RuntimeError: boom"
+
+
+def test_a_folder_that_cannot_be_merged_is_one_clear_error(tmp_path, monkeypatch):
+    import pytest
+
+    from recbole_etegrec import benchmark
+    from recbole_etegrec.errors import EtegrecError
+
+    calls = []
+    monkeypatch.setattr(benchmark, "run", _fake_run({"A": 10, "B": 5, "Other50": 3}, calls))
+    out = tmp_path / "bench"
+    benchmark.run_models(["A"], "ml-100k", benchmark_dir=str(out))
+    with pytest.raises(EtegrecError, match="holds results on dataset 'ml-100k' \\(run.yaml\\), not 'Scientific'"):
+        benchmark.run_models(["B"], "Scientific", benchmark_dir=str(out))
+    with pytest.raises(EtegrecError, match="test users of 'Other50' \\(30\\) and 'A' \\(50\\) differ"):
+        benchmark.run_models(["Other50"], "ml-100k", benchmark_dir=str(out))
+    assert calls == ["A", "Other50"]  # the other dataset's run stopped before training
+    assert [r["model"] for r in _table(out)] == ["A"]  # the mixed table was never written
+    (out / "per_user" / "A.csv").write_text("user_id,recall@10\n1,0\n1,1\n")
+    with pytest.raises(EtegrecError, match="A.csv' lists a user twice"):
+        benchmark.run_models(["B"], "ml-100k", benchmark_dir=str(out))
+    (out / "run.yaml").unlink()
+    with pytest.raises(EtegrecError, match="holds results.csv but no run.yaml"):
+        benchmark.run_models(["B"], "ml-100k", benchmark_dir=str(out))

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from recbole_etegrec.config import Config
 from recbole_etegrec.errors import EtegrecError
@@ -81,8 +82,45 @@ def test_gradients_reach_encoder_codebooks_and_logits_inputs():
     for level, logits in enumerate(quant.logits):
         net.zero_grad()
         gz, gbook = torch.autograd.grad(logits.log_softmax(-1)[:, 0].sum(),
-                                        [z, net.quantizer.codebooks[level].weight])
-        assert gz.abs().sum() > 0 and gbook.abs().sum() > 0
+                                        [z, net.quantizer.codebooks[level].weight], allow_unused=True)
+        assert gbook.abs().sum() > 0  # every level's logits train its own codebook
+        # official straight-through residual: only the first level reaches the encoder's latent
+        assert (gz is not None and gz.abs().sum() > 0) == (level == 0)
+
+
+def test_quantization_loss_is_the_mean_over_levels_and_deep_levels_do_not_move_the_encoder():
+    torch.manual_seed(0)
+    quantizer = ResidualQuantizer(3, 16, 8)
+    z = torch.randn(12, 8, requires_grad=True)
+    out = quantizer(z)
+    residual, per_level = z.detach(), []
+    for lvl, book in enumerate(quantizer.codebooks):
+        chosen = book.weight[out.codes[:, lvl]].detach()
+        per_level.append(1.25 * F.mse_loss(chosen, residual))  # codebook + 0.25 * commitment, same value
+        residual = residual - chosen
+    assert torch.allclose(out.loss, torch.stack(per_level).mean())
+    (gz,) = torch.autograd.grad(out.loss, [z])
+    want = 0.25 * 2 * (z.detach() - quantizer.codebooks[0].weight[out.codes[:, 0]].detach()) / z.numel() / 3
+    assert torch.allclose(gz, want, atol=1e-7)  # the first level's commitment only
+
+
+def test_shared_level_temperature_is_scale_invariant():
+    """SIA's code distributions do not change when latents and codebooks are multiplied by 10 (the
+    scale is each level's mean squared item-to-code distance), and an item's distribution does
+    not depend on which other rows share its batch (one temperature per level, not per row)."""
+    torch.manual_seed(0)
+    quantizer = ResidualQuantizer(3, 16, 8, temperature=0.05)
+    items, seqs = torch.randn(50, 8), torch.randn(7, 8) * 3  # sequence vectors at another scale
+    quantizer.calibrate(items)
+    before_items, before_seqs = quantizer.code_logits(items).softmax(-1), quantizer.code_logits(seqs).softmax(-1)
+    with torch.no_grad():
+        for book in quantizer.codebooks:
+            book.weight.mul_(10)
+    scale = quantizer.calibrate(items * 10)
+    assert torch.allclose(quantizer.code_logits(items * 10).softmax(-1), before_items, atol=1e-5)
+    assert torch.allclose(quantizer.code_logits(seqs * 10).softmax(-1), before_seqs, atol=1e-5)
+    assert torch.allclose(quantizer.code_logits(items[:3] * 10), quantizer.code_logits(items * 10)[:, :3])
+    assert scale.shape == (3,) and torch.allclose(scale, 100 * quantizer.calibrate(items * 10) / 100)
 
 
 def test_straight_through_value_is_sum_of_chosen_codes():

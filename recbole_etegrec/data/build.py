@@ -18,6 +18,7 @@ from recbole_etegrec.data.dataloader import (
     CodeTableSlot,
 )
 from recbole_etegrec.errors import EtegrecError
+from recbole_etegrec.validation import check_topk_items
 
 if TYPE_CHECKING:
     from recbole.data.dataloader import AbstractDataLoader
@@ -30,6 +31,7 @@ def create_dataset(config) -> "Dataset":
     drop_duplicate_interactions(dataset)
     if config["debug"]:
         dataset = keep_first_users(dataset, config["debug_samples"])
+    check_topk_items(config, dataset)  # the first place the item count is known; before any training
     return dataset
 
 

@@ -3,13 +3,17 @@ import torch
 import torch.nn.functional as F
 
 
-def symmetric_kl(logits_a, logits_b) -> torch.Tensor:
+def symmetric_kl(logits_a, logits_b, level_weights=None) -> torch.Tensor:
     """SIA: per level, KL(p_a || p_b) + KL(p_b || p_a) of the code distributions, mean over rows and
-    levels. Logits are [levels, N, code_num] (or a list of per-level [N, code_num]). The two KLs sum
-    to sum (p_a - p_b) * (log p_a - log p_b), one expression for all levels at once."""
+    levels (``level_weights`` [levels] multiply each level's term first). Logits are
+    [levels, N, code_num] (or a list of per-level [N, code_num]). The two KLs sum to
+    sum (p_a - p_b) * (log p_a - log p_b)."""
     la, lb = (torch.stack(list(x)) if not torch.is_tensor(x) else x for x in (logits_a, logits_b))
     log_pa, log_pb = F.log_softmax(la, dim=-1), F.log_softmax(lb, dim=-1)
-    return ((log_pa.exp() - log_pb.exp()) * (log_pa - log_pb)).sum() / (la.shape[0] * la.shape[1])
+    per_level = ((log_pa.exp() - log_pb.exp()) * (log_pa - log_pb)).sum(dim=(1, 2)) / max(la.shape[1], 1)
+    if level_weights is not None:
+        per_level = per_level * level_weights.to(per_level)
+    return per_level.mean()
 
 
 def symmetric_info_nce(a, b, tau) -> torch.Tensor:

@@ -3,7 +3,9 @@
 Sources (``item_emb_source``):
 - ``sasrec``: item table of a SASRec (the paper's choice, 256-d) trained on the training split
   and early-stopped on the validation split's NDCG@10 (the epoch with the best one is kept);
-  test interactions never reach it.
+  test interactions never reach it. A SASRec that a run already trained with the same settings
+  (e.g. the SASRec row of a benchmark) is reused instead of trained again: every SASRec run
+  publishes its best epoch's item table under a hash of its settings (``publish_sasrec_table``).
 - ``text``: mean-pooled hidden states of a local Hugging Face encoder over the item text of
   ``<data_path>/<dataset>.item`` (TIGER's choice).
 - ``file``: a user-supplied ``.npy`` [item_num, d].
@@ -186,6 +188,44 @@ def _sasrec_config(config):
     return Config(model="SASRec", dataset=config["dataset"], config_dict=config_dict)
 
 
+def sasrec_table_path(sconf) -> str:
+    """Where a SASRec run with the settings of ``sconf`` publishes its item table: the hash covers
+    its whole config except run-only keys and the tokenizer's keys (SASRec never reads them), and
+    the interactions' content, so two configs that train the same SASRec share one path."""
+    skip = RUN_ONLY_KEYS | set(declared_keys())
+    settings = {k: v for k, v in sorted(sconf.final_config_dict.items()) if k not in skip}
+    settings["inter"] = file_digest(os.path.join(sconf["data_path"], f"{sconf['dataset']}.inter"))
+    name = f"{sconf['dataset']}-sasrec-run-{short_hash(settings)}.npz"
+    return os.path.join(sconf["checkpoint_dir"], "item_emb", name)
+
+
+def publish_sasrec_table(sconf, model, dataset) -> str:
+    """After a SASRec run whose model holds its best epoch: its item table and item tokens,
+    written atomically, for a tokenizer stage that would train the same SASRec."""
+    path = sasrec_table_path(sconf)
+    remove_stale_tmp(os.path.dirname(path))
+    with atomic_write(path, "wb") as f:
+        np.savez(f, table=model.item_embedding.weight.detach().float().cpu().numpy(),
+                 tokens=np.asarray(item_tokens(dataset), dtype=str))
+    return path
+
+
+def _published_sasrec(sconf, dataset):
+    path = sasrec_table_path(sconf)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with np.load(path) as data:
+            table, tokens = torch.from_numpy(data["table"]).float(), [str(t) for t in data["tokens"]]
+    except (ValueError, OSError, EOFError, KeyError) as err:
+        getLogger().warning(f"item embeddings: published SASRec {path} is unreadable ({type(err).__name__}): "
+                            "training one")
+        return None
+    getLogger().info(f"item embeddings: reusing the SASRec a run with the same settings trained ({path}); "
+                     "no second SASRec fit")
+    return align_by_tokens(table, tokens, item_tokens(dataset), path)
+
+
 def _sasrec_embeddings(config, dataset):
     from recbole.utils import init_seed
 
@@ -193,6 +233,9 @@ def _sasrec_embeddings(config, dataset):
     from recbole_etegrec.registry import get_model, get_trainer
 
     sconf = _sasrec_config(config)
+    published = _published_sasrec(sconf, dataset)
+    if published is not None:
+        return published
     logger = getLogger()
     logger.info(f"item embeddings: training SASRec (hidden {sconf['hidden_size']}) for up to {sconf['epochs']} "
                 f"epochs on the training split, early stopping on valid NDCG@10 "

@@ -3,7 +3,12 @@
 The forward pass has no side effects (no EMA updates, no re-seeding): ETEGRec trains this module
 jointly with its alignment losses, reads ``quant.logits`` / ``recon`` and copies the codebooks
 to and from the recommender, so everything that changes state lives in explicit methods
-(``kmeans_init``, ``reseed_dead_codes``) that only the standalone pretraining calls.
+(``kmeans_init``, ``reseed_dead_codes`` for the standalone pretraining, ``calibrate`` for SIA's
+per-level temperature).
+
+As the official ETEGRec/RQ-VAE code: the quantization loss is the mean over levels, and every
+level after the first quantizes a detached residual, so only the first level's commitment (and
+SIA's first-level term) moves the encoder; deeper levels train their own codebook only.
 """
 from typing import List, NamedTuple, Tuple
 
@@ -16,7 +21,7 @@ from torch import nn
 class QuantizerOutput(NamedTuple):
     quantized: torch.Tensor  # [N, e_dim] value = sum of chosen codebook vectors, gradient = identity to z
     codes: torch.Tensor  # LongTensor [N, levels], hard (argmin-distance) codes
-    loss: torch.Tensor  # scalar: sum over levels of codebook + beta * commitment loss
+    loss: torch.Tensor  # scalar: mean over levels of codebook + beta * commitment loss
     logits: List[torch.Tensor]  # per level [N, code_num]: ``soft_code_logits`` of the distances
 
 
@@ -33,13 +38,15 @@ def squared_distances(r, weight) -> torch.Tensor:
     return r.pow(2).sum(1, keepdim=True) - 2 * r @ weight.t() + weight.pow(2).sum(1).unsqueeze(0)
 
 
-def soft_code_logits(dist, temperature) -> torch.Tensor:
-    """Logits of the soft code distribution (ETEGRec's SIA): -d / (temperature * mean_k d), the
-    squared distances of each row over the mean of that row (detached). Relative, because the
-    distance scale shrinks level by level and with the item normalisation: on l2-normalised
-    ml-100k items a plain -d / 1.0 is uniform to 3 decimals at every level (5.545 nats of 5.545),
-    while temperature 0.05 of the row mean gives ~1.4 nats, top code p ~0.6-0.67, at all three."""
-    return -dist / (temperature * dist.detach().mean(dim=1, keepdim=True).clamp_min(1e-12))
+def soft_code_logits(dist, temperature, scale) -> torch.Tensor:
+    """Logits of the soft code distribution (ETEGRec's SIA): -d / (temperature * scale), with one
+    ``scale`` per level, shared by every row (items and sequence vectors alike): the mean squared
+    item-to-code distance of that level (``ResidualQuantizer.calibrate``). One shared temperature
+    keeps the two sides of SIA's KL comparable (a row's own mean would flatten whichever side sits
+    at another scale), and dividing by the level's distance scale makes the distributions
+    independent of the latent's scale (l2-normalised text latents have ~100x smaller squared
+    distances than SASRec ones at the deepest level)."""
+    return -dist / (temperature * scale)
 
 
 class ResidualQuantizer(nn.Module):
@@ -51,37 +58,50 @@ class ResidualQuantizer(nn.Module):
         for book in self.codebooks:
             # small init: before k-means every residual should be able to reach every code
             nn.init.uniform_(book.weight, -1.0 / code_num, 1.0 / code_num)
+        # SIA's per-level distance scale; a function of the weights and the items, so not saved:
+        # whoever reads ``logits`` calls ``calibrate`` first (ETEGRec at every phase change)
+        self.register_buffer("scale", torch.ones(levels), persistent=False)
 
     def forward(self, z) -> QuantizerOutput:
         residual, total = z, torch.zeros_like(z)
-        codes, logits, loss = [], [], z.new_zeros(())
-        for book in self.codebooks:
+        codes, logits, losses = [], [], []
+        for level, book in enumerate(self.codebooks):
             dist = squared_distances(residual, book.weight)
-            # soft distribution for ETEGRec's SIA loss: differentiable in both residual (-> z) and codebook
-            logits.append(soft_code_logits(dist, self.temperature))
+            # soft distribution for ETEGRec's SIA: differentiable in the codebook and, at level 0, in z
+            logits.append(soft_code_logits(dist, self.temperature, self.scale[level]))
             idx = dist.detach().argmin(dim=1)
             chosen = book(idx)
             # codebook term moves the code, commitment term moves the encoder; mean over elements
             # (as the official code's F.mse_loss) keeps the scale comparable to the recon MSE
-            loss = loss + F.mse_loss(chosen, residual.detach()) + self.beta * F.mse_loss(residual, chosen.detach())
+            losses.append(F.mse_loss(chosen, residual.detach()) + self.beta * F.mse_loss(residual, chosen.detach()))
             codes.append(idx)
             total = total + chosen
-            # next residual: detach the code so each codebook is trained only by its own level,
-            # while z still receives every level's commitment (RQ-VAE, Lee et al. 2022)
-            residual = residual - chosen.detach()
+            # next residual detached (the official straight-through residual): each codebook is
+            # trained only by its own level, and deeper levels never push the encoder
+            residual = (residual - chosen).detach()
         # straight-through: forward value is the code sum, the gradient reaches z unchanged
         quantized = z + (total - z).detach()
-        return QuantizerOutput(quantized, torch.stack(codes, dim=1), loss, logits)
+        return QuantizerOutput(quantized, torch.stack(codes, dim=1), torch.stack(losses).mean(), logits)
 
     def code_logits(self, z) -> torch.Tensor:
         """Only the per-level code logits of ``forward`` (the SIA input), stacked [levels, N, code_num]:
         the same residual path without the losses and the quantized sum, a third of the ops."""
         logits, residual = [], z
-        for book in self.codebooks:
+        for level, book in enumerate(self.codebooks):
             dist = squared_distances(residual, book.weight)
-            logits.append(soft_code_logits(dist, self.temperature))
-            residual = residual - book.weight[dist.detach().argmin(dim=1)].detach()
+            logits.append(soft_code_logits(dist, self.temperature, self.scale[level]))
+            residual = (residual - book.weight[dist.detach().argmin(dim=1)]).detach()
         return torch.stack(logits)
+
+    @torch.no_grad()
+    def calibrate(self, z) -> torch.Tensor:
+        """Set ``scale`` to each level's mean squared distance from the residuals of ``z`` (all items)
+        to every code of that level; returns it. Multiplying latents and codebooks by c multiplies
+        it by c^2, exactly as the distances, so the code distributions do not change."""
+        residuals, _ = self.residuals(z)
+        scale = torch.stack([squared_distances(r, book.weight).mean() for r, book in zip(residuals, self.codebooks)])
+        self.scale.copy_(scale.clamp_min(1e-12).to(self.scale))
+        return self.scale.clone()
 
     @torch.no_grad()
     def residuals(self, z) -> Tuple[List[torch.Tensor], torch.Tensor]:
@@ -184,6 +204,16 @@ class RQVAE(nn.Module):
 
     def encode(self, x) -> torch.Tensor:
         return self.encoder(x)
+
+    @torch.no_grad()
+    def calibrate(self, x) -> torch.Tensor:
+        """SIA's per-level distance scale from the items ``x`` (eval mode: no dropout); returns it."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.quantizer.calibrate(self.encoder(x))
+        finally:
+            self.train(was_training)
 
     def forward(self, x) -> RQVAEOutput:
         z = self.encoder(x)

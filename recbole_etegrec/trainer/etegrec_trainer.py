@@ -3,7 +3,8 @@
 Two stages, each one RecBole ``fit`` (validation, early stopping, best checkpoint are RecBole's):
 
 1. Alternation, epochs ``0 .. epochs - 1``: epoch e is a tokenizer epoch when e % cycle == 0, else
-   a recommender epoch; SIA/PSA are on from ``warm_epoch``. At every phase change the codebooks
+   a recommender epoch; SIA/PSA are on from ``warm_epoch`` (in tokenizer epochs after the first
+   aligned recommender epoch: ``aligned``). At every phase change the codebooks
    are copied across (recommender copy <-> tokenizer) and every gradient is cleared (the
    inactive optimizer's stale ``.grad`` would otherwise enter the next phase's clipping norm);
    after each tokenizer epoch every item is re-tokenized and the new code table goes to the
@@ -16,6 +17,15 @@ Two stages, each one RecBole ``fit`` (validation, early stopping, best checkpoin
 
 Gradients are clipped to ``clip_grad_norm`` in both stages (RecBole's key, applied in its loop).
 
+The tokenizer guard: after every tokenizer epoch the items are re-tokenized and the tokenizer's
+health is compared with the tokenizer the run started from; an epoch that raised the collision
+rate by more than ``tokenizer_guard_collision`` or left a level's code utilization below
+``tokenizer_guard_utilization`` is undone (tokenizer weights, code table and tokenizer optimizer
+restored; logged as ``UNDONE``). Dead codes are handled by this guard, not by the standalone
+pretraining's re-seeding: re-seeding would move codebook vectors the recommender has just learnt
+to generate, while the guard only ever keeps a tokenizer the recommender has already seen.
+``health_history`` keeps every health line of the run (the benchmark writes it to run.yaml).
+
 With ``log_tensorboard: True`` the RecBole TensorBoard writer (``log_tensorboard/<log name>/``)
 also gets, per epoch, the mean batch value of each loss term (``ETEGRec/rec_code_loss`` or
 ``ETEGRec/id_vq_loss``, ``ETEGRec/sia``, ``ETEGRec/psa``), every validation metric
@@ -24,6 +34,7 @@ tokenizer epoch, the tokenizer health (``trainer/health.py``: ``ETEGRec/tokenize
 ``ETEGRec/collision_rate``, ``ETEGRec/utilization_l<level>``, ``ETEGRec/entropy_l<level>``, the
 last being the per-level entropy of the SIA code distributions, also logged as text).
 """
+import copy
 import os
 from typing import Optional, Tuple
 
@@ -31,9 +42,10 @@ from recbole.trainer import Trainer
 from recbole.utils import set_color
 
 from recbole_etegrec import distributed
+from recbole_etegrec.errors import EtegrecError
 from recbole_etegrec.trainer.checkpoint import ResumableTrainerMixin
 from recbole_etegrec.trainer.code_table_sync import CodeTableTrainerMixin
-from recbole_etegrec.trainer.health import format_health, tokenizer_health
+from recbole_etegrec.trainer.health import format_health, guard_verdict, sia_gradient_ratio, tokenizer_health
 from recbole_etegrec.trainer.optim import StepSchedule, build_adamw, lr_factor, warmup_steps_of
 
 
@@ -55,6 +67,10 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
         self.finetune_optimizer, self.schedules = None, {}
         self._ddp = {}
         self.log_tensorboard = bool(config["log_tensorboard"])
+        self.guard = (config["tokenizer_guard_collision"], config["tokenizer_guard_utilization"])
+        self.start_health = tokenizer_health(model)  # the pretrained tokenizer (before any resume)
+        self.health_history = []  # [{"epoch": e, **health}] of the start and of every tokenizer epoch
+        self._last_batch = None
         if self.distributed:  # every rank must read the checkpoint rank 0 writes
             self.saved_model_file = distributed.broadcast_from_rank0(self.saved_model_file)
 
@@ -72,6 +88,15 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
         if self.cycle <= 1:
             return "rec"
         return "id" if epoch % self.cycle == 0 else "rec"
+
+    def aligned(self, epoch) -> bool:
+        """SIA/PSA are on from ``warm_epoch`` in recommender epochs, and in tokenizer epochs only
+        once a recommender epoch has trained the adapters with them: aligned to the untrained
+        ``enc_adapter``, the first tokenizer epoch of ml-100k left 12% of level-0 codes in use."""
+        phase = self.phase_of(epoch)
+        if phase == "finetune" or epoch < self.warm_epoch:
+            return False
+        return phase == "rec" or "rec" in {self.phase_of(e) for e in range(self.warm_epoch, epoch)}
 
     # -- the two stages ----------------------------------------------------------------------
     def fit_stages(self, train_data, valid_data=None, **kwargs) -> Tuple[float, Optional[dict]]:
@@ -154,8 +179,7 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
             self.model.sync_codebooks("to_tokenizer")
         # the other phase's gradients must never reach this phase's clipping norm or step
         self.model.zero_grad(set_to_none=True)
-        self.model.set_phase("id" if phase == "id" else "rec",
-                             align=phase != "finetune" and epoch_idx >= self.warm_epoch)
+        self.model.set_phase("id" if phase == "id" else "rec", align=self.aligned(epoch_idx))
         if self.distributed:
             self.distributed_model = self._ddp_for("id" if phase == "id" else "rec")
         self.optimizer = {"id": self.id_optimizer, "rec": self.rec_optimizer,
@@ -164,21 +188,52 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
         lr = ", ".join(f"{g['lr']:.3g}" for g in self.optimizer.param_groups)
         self.logger.info(set_color(f"epoch {epoch_idx}: {name} epoch, lr {lr}", "cyan"))
         self._batches = 0
+        if phase == "id":
+            before = (self.model.tokenizer_state(), copy.deepcopy(self.id_optimizer.state_dict()))
+            loss_func = loss_func or self._keeping_last_batch(self.model.calculate_loss)
         loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
         self._log_loss_terms(epoch_idx, phase, loss)
         if phase == "id":
-            table = self.model.retokenize()
-            self.model.sync_codebooks("to_rec")
-            train_data.set_code_table(table.codes)  # the slot is shared: valid/test loaders follow
+            self._end_tokenizer_epoch(train_data, epoch_idx, before)
+        return loss
+
+    def _keeping_last_batch(self, loss_func):
+        def wrapped(interaction):
+            self._last_batch = interaction  # a reference: the gradient probe reruns it after the epoch
+            return loss_func(interaction)
+        return wrapped
+
+    def _end_tokenizer_epoch(self, train_data, epoch_idx, before):
+        """Measure the new tokenizer, then keep it (re-tokenize every item) or undo the epoch."""
+        model = self.model
+        model.tokenizer.calibrate(model.item_emb[1:])
+        health = tokenizer_health(model)
+        if model.align and self._last_batch is not None:
+            health["sia_vq_grad_ratio"] = sia_gradient_ratio(model, self._last_batch)
+        self._last_batch = None
+        health["undone"] = guard_verdict(health, self.start_health, *self.guard)
+        if not health["undone"]:
+            try:
+                table = model.retokenize()
+            except EtegrecError as err:  # more items on one code than suffix codes: a collapse too
+                if self.guard == (None, None):
+                    raise
+                health["undone"] = str(err).split(":")[0]
+        if health["undone"]:
+            state, optimizer_state = before
+            model.restore_tokenizer(state)
+            self.id_optimizer.load_state_dict(optimizer_state)
+        else:
+            model.sync_codebooks("to_rec")
             self.logger.info(f"re-tokenized items: collision rate {table.collision_rate():.4f}, "
                              f"max suffix {table.max_suffix}")
-            self._log_health(epoch_idx, always_log=True)
-        return loss
+        train_data.set_code_table(model.code_table.codes)  # the slot is shared: valid/test loaders follow
+        self._log_health(epoch_idx, always_log=True, health=health)
 
     # -- TensorBoard (log_tensorboard) -------------------------------------------------------
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None) -> tuple:
-        self._log_health(self.start_epoch - 1)  # the tokenizer the run starts from
+        self._log_health(self.start_epoch - 1, always_log=True)  # the tokenizer the run starts from
         try:
             return super().fit(train_data, valid_data, verbose=verbose, saved=saved,
                                show_progress=show_progress, callback_fn=callback_fn)
@@ -202,10 +257,9 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
         for name, value in zip(names, terms):
             self.tensorboard.add_scalar(f"ETEGRec/{name}", float(value) / self._batches, epoch_idx)
 
-    def _log_health(self, step, always_log=False):
-        if not (self._tensorboard_on() or always_log):
-            return
-        health = tokenizer_health(self.model)
+    def _log_health(self, step, always_log=False, health=None):
+        health = health or tokenizer_health(self.model)
+        self.health_history.append({"epoch": step, **health})
         if always_log:
             self.logger.info(format_health(health))
         if not self._tensorboard_on():
@@ -215,6 +269,10 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
         for level, (util, ent) in enumerate(zip(health["utilization"], health["entropy"])):
             self.tensorboard.add_scalar(f"ETEGRec/utilization_l{level}", util, step)
             self.tensorboard.add_scalar(f"ETEGRec/entropy_l{level}", ent, step)
+        for level, ratio in enumerate(health.get("sia_vq_grad_ratio") or ()):
+            self.tensorboard.add_scalar(f"ETEGRec/sia_vq_grad_ratio_l{level}", ratio, step)
+        if "undone" in health:
+            self.tensorboard.add_scalar("ETEGRec/tokenizer_epoch_undone", float(bool(health["undone"])), step)
 
     def _valid_epoch(self, valid_data, show_progress=False):
         score, result = super()._valid_epoch(valid_data, show_progress=show_progress)

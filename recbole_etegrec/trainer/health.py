@@ -8,7 +8,13 @@ mode without gradients and returns
 * ``utilization``: per level, the fraction of the ``code_num`` codes some item uses;
 * ``entropy``: per level, the mean entropy (nats) of the items' code distributions
   ``softmax(quant.logits[level])`` (0 = hard assignments, ``log(code_num)`` = uniform).
+
+``sia_gradient_ratio(model, interaction)`` probes, on one training batch, how hard SIA pulls the
+codebooks compared with the quantization loss; ``guard_verdict`` is the rule that undoes a
+tokenizer epoch (``ETEGRecTrainer``).
 """
+from typing import List, Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -43,8 +49,62 @@ def tokenizer_health(model, batch_size=4096) -> dict:
 
 
 def format_health(health) -> str:
-    """One log line."""
+    """One log line (with the SIA/VQ gradient ratio and the guard's verdict when present)."""
     util = ", ".join(f"{u:.3f}" for u in health["utilization"])
     ent = ", ".join(f"{h:.3f}" for h in health["entropy"])
-    return (f"tokenizer health: recon MSE {health['recon']:.4g}, collision rate {health['collision_rate']:.4f}, "
+    line = (f"tokenizer health: recon MSE {health['recon']:.4g}, collision rate {health['collision_rate']:.4f}, "
             f"utilization per level [{util}], code entropy per level [{ent}] nats")
+    if health.get("sia_vq_grad_ratio"):
+        line += ", SIA/VQ gradient ratio per level [" + ", ".join(
+            f"{r:.3g}" for r in health["sia_vq_grad_ratio"]) + "]"
+    if health.get("undone"):
+        line += f"; UNDONE ({health['undone']})"
+    return line
+
+
+def sia_gradient_ratio(model, interaction) -> List[float]:
+    """Per level: the mean norm of the gradient of ``id_kl_loss * SIA`` on each codebook vector the
+    batch's distinct targets use, over that of ``id_vq_loss * quantization loss`` (as in a
+    tokenizer epoch). ~0: SIA barely moves the codes; >> 1: SIA, not reconstruction, places them."""
+    from recbole_etegrec.model.etegrec import first_occurrences
+
+    items = interaction["boundary_items"][interaction["boundary_mask"]]
+    first = first_occurrences(items)  # the distinct targets, as in a tokenizer epoch
+    books = [book.weight for book in model.tokenizer.quantizer.codebooks]
+    phase = model.phase
+    model.phase = "id"  # SIA's tokenizer-epoch weighting
+    try:
+        with torch.enable_grad():
+            target = model.tokenizer(model.item_emb[items[first]])
+            with torch.no_grad():
+                states, _ = model.boundary_states(model.forward(interaction), interaction)
+            sia = model.weights["id_kl_loss"] * model.sia_loss(states[first], torch.stack(target.quant.logits))
+            vq = model.weights["id_vq_loss"] * target.quant.loss
+            g_sia = torch.autograd.grad(sia, books, retain_graph=True, allow_unused=True)
+            g_vq = torch.autograd.grad(vq, books, allow_unused=True)
+    finally:
+        model.phase = phase
+    ratios = []
+    for level, (gs, gv) in enumerate(zip(g_sia, g_vq)):
+        used = torch.unique(target.quant.codes[:, level])
+        num = gs[used].norm(dim=1).mean() if gs is not None else torch.tensor(0.0)
+        den = gv[used].norm(dim=1).mean() if gv is not None else torch.tensor(0.0)
+        ratios.append(float(num / den) if float(den) > 0 else float("inf"))
+    return ratios
+
+
+def guard_verdict(health, start, max_collision_rise, min_utilization) -> Optional[str]:
+    """Why a tokenizer epoch must be undone, or None. ``start`` is the health of the tokenizer the
+    run started from: collision may rise at most ``max_collision_rise`` above it, and no level's
+    utilization may fall below ``min_utilization`` (or below the start's, where that was lower:
+    a dataset with fewer items than codes starts below it)."""
+    reasons = []
+    if max_collision_rise is not None and health["collision_rate"] > start["collision_rate"] + max_collision_rise:
+        reasons.append(f"collision rate {health['collision_rate']:.4f} > start {start['collision_rate']:.4f} "
+                       f"+ {max_collision_rise}")
+    if min_utilization is not None:
+        for level, (now, then) in enumerate(zip(health["utilization"], start["utilization"])):
+            floor = min(min_utilization, then)
+            if now < floor:
+                reasons.append(f"level {level} utilization {now:.3f} < {floor:.3f}")
+    return "; ".join(reasons) or None
