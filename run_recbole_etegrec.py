@@ -5,7 +5,7 @@
     python run_recbole_etegrec.py --model_list SASRec,TIGER,ETEGRec --dataset Instruments \\
         --benchmark_dir benchmarks/Instruments
 Any other ``--key=value`` (or ``--key value``) overrides a property-file key; the argument rules
-are those of every entry point (``recbole_etegrec/cli.py``). Same as ``recbole-etegrec run ...``.
+are those of every entry point (``recbole_etegrec/commands/args.py``). Same as ``recbole-etegrec run ...``.
 """
 import os
 import sys
@@ -26,7 +26,7 @@ def use_tcmalloc():
 
 def main(argv=None) -> int:
     """The ``run`` command (``recbole-etegrec run`` calls the same function)."""
-    from recbole_etegrec.cli import run_main
+    from recbole_etegrec.commands.run import main as run_main
 
     return run_main(argv)
 

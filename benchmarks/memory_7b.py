@@ -1,6 +1,6 @@
 """Estimated training memory of ETEGRec's large-backbone path: LLaMA2-7B, bf16, LoRA, checkpointing.
 
-    python benchmarks/memory_7b.py          # prints a Markdown table, writes benchmarks/memory_7b.md
+    python benchmarks/memory_7b.py          # prints a Markdown table, writes benchmarks/memory_7b.md (--out)
 
 Nothing is downloaded or allocated: a LLaMA2-7B-shaped ``LlamaModel`` (hidden 4096, 32 layers,
 32 heads, FFN 11008, vocab 32000) is built on the **meta device**, bf16, and LoRA is applied with
@@ -26,8 +26,11 @@ Not included: the CUDA context and allocator slack (typically 0.5-2 GB), the tin
 (projectors to 128-d codes, 256-way code logits), the RQ-VAE and data. B = 16 (the
 ``train_batch_size`` of ``llama2-7b.yaml``); T = the Instruments sequence length, 20 history items
 x 4 codes + 4 target codes = 84 tokens (the loaders pad to the longest history in the batch, so
-84 is the maximum), and 256 / 512 for longer histories. It runs in seconds.
+84 is the maximum), and 256 / 512 for longer histories. It runs in seconds on any machine (no data,
+no batches: it needs no ``--max_batches``); ``tests/test_benchmark_scripts.py`` runs it and checks
+that every row's terms add up to its peak and the parameter counts to LoRA's formula.
 """
+import argparse
 import os
 import sys
 import time
@@ -129,16 +132,21 @@ def table(counts: dict, settings: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "memory_7b.md"))
+    args = parser.parse_args(argv)
     start = time.time()
     settings = project_settings()
     counts = count(build_meta_model(settings))
     text = table(counts, settings)
     print(text)
-    with open(os.path.join(ROOT, "benchmarks", "memory_7b.md"), "w", encoding="utf-8") as f:
+    tmp = args.out + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
         f.write("# LLaMA2-7B + LoRA training memory (estimate)\n\n"
                 "Written by `python benchmarks/memory_7b.py`.\n\n" + text + "\n")
-    print(f"\n({time.time() - start:.1f} s; wrote benchmarks/memory_7b.md)")
+    os.replace(tmp, args.out)
+    print(f"\n({time.time() - start:.1f} s; wrote {os.path.relpath(args.out)})")
     return 0
 
 

@@ -57,7 +57,21 @@ def convergence(result) -> dict:
             "wall_minutes": round(result.get("wall_time", result["train_time"]) / 60, 1)}
     if result.get("finetune_start") is not None:
         info["finetune_start_epoch"] = result["finetune_start"]
+    if result.get("tokenizer_health"):  # ETEGRec: the start and every tokenizer epoch, one line each
+        info["tokenizer_health"] = [health_line(h) for h in result["tokenizer_health"]]
     return info
+
+
+def health_line(health) -> dict:
+    """One tokenizer health record as plain YAML numbers (rounded: run.yaml is read by people)."""
+    line = {"epoch": health["epoch"], "collision_rate": round(health["collision_rate"], 4),
+            "utilization": [round(u, 3) for u in health["utilization"]],
+            "entropy": [round(h, 3) for h in health["entropy"]]}
+    if health.get("sia_vq_grad_ratio"):
+        line["sia_vq_grad_ratio"] = [float(f"{r:.3g}") for r in health["sia_vq_grad_ratio"]]
+    if health.get("undone"):
+        line["undone"] = health["undone"]
+    return line
 
 
 def markdown_table(rows, dataset) -> str:

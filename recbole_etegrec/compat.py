@@ -8,6 +8,10 @@ What is fixed here, and why not by pinning:
   ``torch.load`` everywhere else keeps the safe default.
 - ``recbole.model.sequential_recommender`` (sine.py) turns on autograd anomaly detection for the
   whole process at import, which costs ~15% speed; we switch it off again.
+- ``Collector.get_data_struct`` calls ``.cpu()`` on every collected value, but ``data.num_items``
+  (ItemCoverage, GiniIndex) is an int and ``data.count_items`` (AveragePopularity, TailPercentage)
+  a Counter: ``'int' object has no attribute 'cpu'`` at the first evaluation, for any model. Our
+  ``get_data_struct`` is RecBole's with ``.cpu()`` applied to tensors only.
 
 - pandas 2.x warns (FutureWarning) at every ``fillna(inplace=True)`` on a chained column in
   ``Dataset._fill_nan``; under pandas < 3 that call still works, so the warning is silenced for
@@ -18,6 +22,7 @@ in ray 2.6.3), pandas<3 (``fillna(inplace=True)`` on a chained column silently k
 ``Dataset._fill_nan``), setuptools<81 (``pkg_resources`` for ray 2.6.3). Patching those in place
 would mean editing RecBole's data code; a pin is smaller and cannot silently change results.
 """
+import copy
 import types
 import warnings
 
@@ -41,12 +46,31 @@ class _TrustedLoadTorch(types.ModuleType):
         return torch.load(*args, **kwargs)
 
 
+# what RecBole's get_data_struct drops after each evaluation (per-evaluation results)
+_PER_EVALUATION = ("rec.topk", "rec.meanrank", "rec.score", "rec.items", "data.label")
+
+
+def _get_data_struct(self):
+    """RecBole 1.2.1's ``Collector.get_data_struct``, moving only tensors to the CPU (the data
+    counts some metrics need are an int and a Counter, which RecBole's ``.cpu()`` crashes on)."""
+    data = self.data_struct._data_dict
+    for key, value in data.items():
+        if isinstance(value, torch.Tensor):
+            data[key] = value.cpu()
+    returned_struct = copy.deepcopy(self.data_struct)
+    for key in _PER_EVALUATION:
+        if key in self.data_struct:
+            del self.data_struct[key]
+    return returned_struct
+
+
 def apply() -> None:
     global _APPLIED
     if _APPLIED:
         return
     import recbole.model.sequential_recommender  # noqa: F401  (its import enables anomaly mode)
     import recbole.trainer.trainer as trainer_module
+    from recbole.evaluator.collector import Collector
 
     torch.autograd.set_detect_anomaly(False)
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.data\.dataset\.dataset")
@@ -54,4 +78,5 @@ def apply() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.trainer\.trainer")
     trusted = _TrustedLoadTorch()
     trainer_module.torch = trusted
+    Collector.get_data_struct = _get_data_struct
     _APPLIED = True

@@ -3,6 +3,9 @@
 Order, later wins: RecBole defaults -> properties/overall.yaml -> (code models: properties/tokenizer.yaml)
 -> properties/model/<Model>.yaml
 -> properties/dataset/<dataset>.yaml -> user ``config_file_list`` -> ``config_dict`` -> ``--key=value``.
+A dict-valued key merges over the layer below one level deep (``llama_config: {num_hidden_layers: 1}``
+keeps the other default sizes; a nested value such as ``eval_args.split`` is replaced whole; ``~`` or a
+scalar replaces the dict), and its nested keys are checked (``validation.check_nested``).
 Values are type-checked against their defaults, and YAML errors name the file.
 """
 import os
@@ -13,7 +16,7 @@ from recbole.config import Config as RecBoleConfig
 from recbole_etegrec import compat, distributed
 from recbole_etegrec.errors import EtegrecError
 from recbole_etegrec.registry import get_model, properties_dir
-from recbole_etegrec.validation import check_evaluation, validate
+from recbole_etegrec.validation import check_evaluation, check_nested, merge_setting, validate
 
 # Keys whose RecBole default has one type but that legitimately take several.
 _FLEXIBLE_KEYS = {
@@ -58,17 +61,33 @@ class Config(RecBoleConfig):
             raise EtegrecError(f"config file '{file}' must be a YAML mapping of `key: value` lines")
         return loaded
 
+    def _note_source(self, values, where):
+        """Where each key (and each key of a dict value, as ``outer.inner``) came from."""
+        for key, value in values.items():
+            self._key_source[key] = where
+            if isinstance(value, dict):
+                self._key_source.update({f"{key}.{sub}": where for sub in value})
+
+    @staticmethod
+    def _layer(base, values):
+        """``values`` over ``base`` (a new dict): dict-valued keys merge, the rest replace."""
+        merged = dict(base)
+        for key, value in values.items():
+            merged[key] = merge_setting(key, merged.get(key), value)
+        return merged
+
     def _load_config_files(self, file_list):
         merged = {}
         for file in file_list or []:
             loaded = self._read_yaml(file)
-            merged.update(loaded)
-            self._key_source.update({k: f"config file '{file}'" for k in loaded})
+            merged = self._layer(merged, loaded)
+            self._note_source(loaded, f"config file '{file}'")
         return merged
 
     def _load_variable_config_dict(self, config_dict):
-        self._key_source.update({k: "config_dict" for k in config_dict or {}})
-        return super()._load_variable_config_dict(config_dict)
+        values = super()._load_variable_config_dict(config_dict)
+        self._note_source(values, "config_dict")
+        return values
 
     def _load_cmd_line(self):
         cmd = {}
@@ -77,8 +96,14 @@ class Config(RecBoleConfig):
             if not key or not sep:
                 raise EtegrecError(f"unrecognized argument '{arg}': config overrides look like --key=value")
             cmd[key] = value
-        self._key_source.update({k: "the command line" for k in cmd})
-        return self._convert_config_dict(cmd)
+        cmd = self._convert_config_dict(cmd)
+        self._note_source(cmd, "the command line")
+        return cmd
+
+    def _merge_external_config_dict(self):
+        merged = self._layer({}, self.file_config_dict)
+        merged = self._layer(merged, self.variable_config_dict)
+        self.external_config_dict = self._layer(merged, self.cmd_config_dict)
 
     def _get_model_and_dataset(self, model, dataset):
         if model is None and "model" not in self.external_config_dict:
@@ -91,9 +116,13 @@ class Config(RecBoleConfig):
         return model_class.__name__, model_class, dataset
 
     def _update_internal_config_dict(self, file):
+        """One property file over the ones before it (RecBole's and the plugin's), dicts merged."""
         config_dict = self._read_yaml(file)
-        self.internal_config_dict.update(config_dict)
+        self.internal_config_dict = self._layer(self.internal_config_dict, config_dict)
         return config_dict
+
+    def _get_final_config_dict(self):
+        return self._layer(self.internal_config_dict, self.external_config_dict)
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         """Plugin layers; a dataset without ``properties/dataset/<dataset>.yaml`` gets the project's
@@ -123,7 +152,9 @@ class Config(RecBoleConfig):
 
     def _set_default_parameters(self):
         # topk, metrics, valid_metric, eval_args.mode, num_beams: before RecBole's own checks, which
-        # raise TypeError/NotImplementedError tracebacks, or let a bad valid_metric fail after epoch 1
+        # raise TypeError/NotImplementedError tracebacks, or let a bad valid_metric fail after epoch 1.
+        # Nested keys first: RecBole's eval_args handling drops unknown mode keys.
+        check_nested(self.final_config_dict, self.model_class, self.dataset, self._key_source)
         check_evaluation(self.final_config_dict, self.model_class, self._key_source)
         super()._set_default_parameters()
 

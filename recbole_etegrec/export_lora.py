@@ -7,12 +7,11 @@ The model is rebuilt from the checkpoint's config (``llama_path`` + the trained 
 ``adapter_config.json`` and ``adapter_model.safetensors``; load them over the same base with
 ``peft.PeftModel.from_pretrained(LlamaModel.from_pretrained(llama_path), out)``. Only the
 backbone's adapters are exported: the item tokenizer, the codebooks and the projectors stay in the
-checkpoint. A checkpoint trained without LoRA is an error.
+checkpoint. A checkpoint trained without LoRA is an error. The command is
+``recbole_etegrec.commands.export_lora``.
 """
-import argparse
 import os
 import sys
-from typing import Optional, Sequence
 
 from recbole_etegrec.errors import EtegrecError
 
@@ -41,24 +40,7 @@ def export_lora(checkpoint_path: str, out: str) -> str:
     return out
 
 
-def _parse(argv):
-    parser = argparse.ArgumentParser(prog="python -m recbole_etegrec.export_lora",
-                                     description="Export an ETEGRec checkpoint's LoRA adapters (peft layout).")
-    parser.add_argument("--checkpoint", required=True, help="saved/ETEGRec-<time>.pth from a --lora=True run")
-    parser.add_argument("--out", required=True, help="folder for adapter_config.json + adapter_model.safetensors")
-    return parser.parse_args(argv)
+if __name__ == "__main__":  # the command: recbole_etegrec.commands.export_lora
+    from recbole_etegrec.commands.export_lora import main
 
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parse(argv)
-    try:
-        out = export_lora(args.checkpoint, args.out)
-    except EtegrecError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {os.path.join(out, 'adapter_config.json')} and {os.path.join(out, 'adapter_model.safetensors')}")
-    return 0
-
-
-if __name__ == "__main__":
     sys.exit(main())

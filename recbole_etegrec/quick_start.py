@@ -129,6 +129,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None, 
         "epochs_trained": trainer.last_epoch_done() + 1,
         "best_epoch": pick(history, key=lambda h: h[1])[0] if history else None,
         "finetune_start": getattr(trainer, "finetune_start", None),
+        "tokenizer_health": getattr(trainer, "health_history", None),  # ETEGRec: after every tokenizer epoch
         "wall_time": time.time() - run_start,
     }
 

@@ -13,12 +13,11 @@ Nothing is excluded by default (RecBole's sequential evaluation does not exclude
 either); ``--exclude_history`` drops items of the history from the list.
 
 Unknown item tokens are an error naming them; ``--skip_unknown`` drops them with a warning.
+The command (options, output) is ``recbole_etegrec.commands.recommend``; this module is the library.
 """
-import argparse
-import json
 import os
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 from recbole.data.interaction import Interaction
@@ -116,74 +115,7 @@ def recommend(model, config, history: Sequence[int], topk: int = 10,
     return ranked[:topk]
 
 
-def _parse(argv, prog: str = "python -m recbole_etegrec.recommend") -> argparse.Namespace:
-    from recbole_etegrec.cli import ArgumentParser, parse_args
+if __name__ == "__main__":  # the command: recbole_etegrec.commands.recommend
+    from recbole_etegrec.commands.recommend import main
 
-    parser = ArgumentParser(prog=prog, description="Recommend items with a trained checkpoint.")
-    parser.add_argument("--checkpoint", required=True, help="saved/<Model>-<time>.pth from a training run")
-    who = parser.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user", help="user token: that user's whole history in the dataset")
-    who.add_argument("--items", help="comma-separated original item tokens (e.g. ASINs), oldest first")
-    parser.add_argument("--topk", type=int, default=10, help="how many items (default 10)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    parser.add_argument("--skip_unknown", action="store_true", help="drop unknown --items with a warning")
-    parser.add_argument("--exclude_history", action="store_true", help="never recommend history items")
-    parser.add_argument("--verbose", action="store_true", help="show RecBole's INFO log on stderr")
-    return parse_args(parser, argv, overrides=False)[0]
-
-
-def run(args) -> dict:
-    """Everything ``main`` prints, as a dict."""
-    from recbole_etegrec.inference import load_data_and_model
-
-    tokens = [t.strip() for t in (args.items or "").split(",") if t.strip()]
-    if args.items is not None and not tokens:
-        raise EtegrecError("--items is empty: give comma-separated item tokens, e.g. --items 242,302")
-    config, model, dataset, *_ = load_data_and_model(args.checkpoint, state=None if args.verbose else "warning")
-    skipped = []
-    if args.user is not None:
-        history = user_history(dataset, args.user)
-    else:
-        history, skipped = item_ids(dataset, tokens, args.skip_unknown)
-        if skipped:
-            print(f"warning: skipped unknown item token(s) {', '.join(skipped)}", file=sys.stderr)
-    ranked = recommend(model, config, history, args.topk, args.exclude_history)
-    titles = item_titles(config)
-    to_token = dataset.field2id_token[dataset.iid_field]
-    used = history[-config["MAX_ITEM_LIST_LENGTH"]:]
-    return {
-        "checkpoint": args.checkpoint, "model": config["model"], "dataset": config["dataset"],
-        "user": args.user, "history": [str(to_token[i]) for i in used],
-        "history_length": len(history), "skipped": skipped,
-        "recommendations": [
-            {"rank": r, "item": str(to_token[i]), "title": titles.get(str(to_token[i])), "score": s}
-            for r, (i, s) in enumerate(ranked, start=1)],
-    }
-
-
-def format_table(result: dict) -> str:
-    who = f"user {result['user']}" if result["user"] is not None else "the given items"
-    lines = [f"{result['model']} on {result['dataset']}: top {len(result['recommendations'])} for {who} "
-             f"(history: last {len(result['history'])} of {result['history_length']} items)"]
-    width = max([len(r["item"]) for r in result["recommendations"]] + [4])
-    lines.append(f"{'rank':>4}  {'item':<{width}}  {'score':>9}  title")
-    for r in result["recommendations"]:
-        lines.append(f"{r['rank']:>4}  {r['item']:<{width}}  {r['score']:>9.4f}  {r['title'] or ''}".rstrip())
-    return "\n".join(lines)
-
-
-def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m recbole_etegrec.recommend") -> int:
-    """The ``recommend`` command (also ``recbole-etegrec recommend``): 0, or 2 with one error line."""
-    from recbole_etegrec.cli import handle
-
-    def command() -> int:
-        args = _parse(argv, prog)
-        result = run(args)
-        print(json.dumps(result, ensure_ascii=False) if args.json else format_table(result))
-        return 0
-
-    return handle(command)
-
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -4,21 +4,21 @@
         --num_samples 8 [--config_files a.yaml,b.yaml] [--address ray://...] [--key=value ...]
     recbole-etegrec tune ...  # the same
 
-The sweep code lives in this importable module (``tune/run_tune.py`` is a thin script calling
-``main``), so Ray pickles ``trial_fn`` by reference and its workers import it like any module.
-Config overrides (``--key=value`` or ``--key value``) follow ``recbole_etegrec.cli``'s rules.
+The sweep code lives in this importable module, so Ray pickles ``trial_fn`` by reference and its
+workers import it like any module; the command (options, ``main``) is ``recbole_etegrec.commands.tune``,
+which ``tune/run_tune.py`` calls. Config overrides (``--key=value`` or ``--key value``) follow
+``recbole_etegrec.commands.args``' rules.
 
 Trials call ``recbole_etegrec.quick_start.run`` with ``saved=False`` and report only the
 *validation* metric (after every evaluation) to Ray; test metrics are computed once, by rerunning
 the best sampled config in this process with ``saved=True``. Outputs: see tune/README.md.
 """
-import argparse
 import csv
 import math
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Tuple
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray 2.6's classic, compact status table
 
@@ -139,38 +139,6 @@ def make_scheduler(max_t, grace_period, reduction_factor) -> "ASHAScheduler":
 
 
 # -- driver ------------------------------------------------------------------------------------
-def parse_args(argv: Optional[Sequence[str]] = None, prog: str = "python tune/run_tune.py") -> argparse.Namespace:
-    """The sweep's options; ``args.cmd_args`` are the config overrides (``--key=value`` strings)."""
-    from recbole_etegrec.cli import ArgumentParser
-    from recbole_etegrec.cli import parse_args as parse_command_line
-
-    parser = ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
-    add = parser.add_argument
-    add("--model", required=True)
-    add("--dataset", required=True)
-    add("--space", required=True, help="search space YAML (see tune/spaces/)")
-    add("--num_samples", type=int, default=8, help="samples drawn (times each grid combination)")
-    add("--config_files", default="", help="comma-separated property files under the samples")
-    add("--address", default=None, help="join this Ray cluster instead of starting a local one")
-    add("--num_cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
-    add("--cpus_per_trial", type=float, default=1)
-    add("--gpus_per_trial", type=float, default=0, help="may be fractional, e.g. 0.5")
-    add("--max_concurrent", type=int, default=None)
-    add("--grace_period", type=int, default=2, help="ASHA: evaluations before a trial can be cut")
-    add("--reduction_factor", type=float, default=2, help="ASHA: keep 1/this of trials per rung")
-    add("--seed", type=int, default=2020, help="seed of the random search (sampled configs)")
-    add("--output_dir", default=None)
-    add("--ray_dir", default=None, help="Ray's own trial logs (default: ~/ray_results)")
-    add("--debug", action="store_true", help="keep only --debug_samples users (fast)")
-    add("--debug_samples", type=int, default=None)
-    add("--skip_final_test", action="store_true", help="do not rerun the best config on test")
-    add("--verbose", action="store_true", help="forward the trials' RecBole logs to this console")
-    args, cmd_args = parse_command_line(parser, argv)
-    args.cmd_args, args.prog, args.argv = cmd_args, prog, list(sys.argv[1:] if argv is None else argv)
-    args.config_files = [os.path.abspath(p) for p in args.config_files.split(",") if p.strip()]
-    return args
-
-
 def resolve(args, space) -> Tuple[dict, str, str, int]:
     """Build the trial-independent config once here: it fails fast on bad files/keys and tells
     us the metric to tune (valid_metric), its direction, and ASHA's max_t (evaluations/trial)."""
@@ -366,13 +334,7 @@ def sweep(args) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None, prog: str = "python tune/run_tune.py") -> int:
-    """The ``tune`` command (also ``recbole-etegrec tune``); a user-facing mistake prints one
-    ``error: ...`` line and returns 2."""
-    from recbole_etegrec.cli import handle
+if __name__ == "__main__":  # the command: recbole_etegrec.commands.tune
+    from recbole_etegrec.commands.tune import main
 
-    return handle(lambda: sweep(parse_args(argv, prog)))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m recbole_etegrec.tune"))

@@ -10,6 +10,12 @@
   ``metrics`` RecBole's names, ``valid_metric`` one RecBole computes from them, ``eval_args.mode``
   and ``topk`` compatible, and for code models full ranking with ``num_beams`` >= max(topk).
   ``check_topk_items`` adds the one rule that needs the data: ``topk`` below the item count.
+* nested keys (``check_nested``, also before RecBole's checks): dict-valued keys merge over their
+  defaults (``merge_setting``, used by ``config.py``) and their own keys are checked: ``eval_args``
+  (RecBole's), ``train_neg_sample_args``, ``clip_grad_norm`` (torch's), ``load_col``/``unload_col``
+  (atomic-file suffixes), ETEGRec's ``llama_config`` (``transformers.LlamaConfig`` fields).
+* memory (``check_llama_memory``): ETEGRec's LLaMA is built on the meta device and its training
+  memory compared with what the device has free, before any data is read or weight allocated.
 """
 import difflib
 import glob
@@ -17,12 +23,15 @@ import json
 import math
 import os
 from functools import lru_cache
-from typing import Set
+from typing import TYPE_CHECKING, Any, Set
 
 import yaml
 from recbole.evaluator import metric_information, metric_types, metrics_dict
 
 from recbole_etegrec.errors import EtegrecError
+
+if TYPE_CHECKING:
+    from transformers import LlamaConfig
 
 # keys RecBole or the plugin read that no property file lists
 _EXTRA_KNOWN = {"model", "dataset", "config_files", "benchmark_filename", "wandb_project", "device",
@@ -391,3 +400,323 @@ def check_topk_items(config, dataset) -> None:
 def validate(config, sources) -> None:
     check_unknown_keys(config, sources)
     check_ranges(config, sources)
+    if config.final_config_dict.get("model") == "ETEGRec":
+        check_llama_memory(config, sources)
+
+
+# -- nested settings: dict-valued keys merge over their defaults; their own keys are checked ------
+# A dict over a dict merges one level deep (later layer wins per nested key; a nested value such as
+# eval_args.split is replaced whole); anything else (None, a scalar) replaces. ``threshold`` is one
+# {field: value} choice (RecBole refuses two), so a new one replaces the default.
+_REPLACED_DICTS = frozenset({"threshold"})
+_EVAL_ARGS = ("split", "order", "group_by", "mode")  # RecBole's eval_args (overall.yaml, Config)
+_SPLITS = {"RS": "a list of ratios, e.g. [0.8, 0.1, 0.1]", "TS": "a list of ratios, e.g. [0.8, 0.1, 0.1]",
+           "LS": "valid_and_test, valid_only or test_only"}
+_LEAVE_ONE_OUT = ("valid_and_test", "valid_only", "test_only")
+_ORDERS = ("RO", "TO")
+_GROUP_BY = ("user", "none", None)
+_EVAL_PHASES = ("valid", "test")
+_NEG_SAMPLE_ARGS = ("distribution", "sample_num", "alpha", "dynamic", "candidate_num")  # RecBole's Config
+_FEATURE_FILES = ("inter", "user", "item", "kg", "link", "net", "ent")  # RecBole's atomic-file suffixes
+# from-scratch builds feed inputs_embeds only: backbone.build_llama sets these itself
+_LLAMA_FIXED = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")
+MEMORY_CHECK_ENV = "RECBOLE_ETEGREC_NO_MEMORY_CHECK"
+
+
+def merge_setting(key, default, value) -> Any:
+    """``value`` layered over ``default``: dicts merge one level deep (a partial ``llama_config``
+    keeps the other default sizes), anything else replaces. Never mutates either argument."""
+    if isinstance(default, dict) and isinstance(value, dict) and key not in _REPLACED_DICTS:
+        return {**default, **value}
+    return dict(value) if isinstance(value, dict) else value
+
+
+def _nested_source(config_dict, key, sub, sources, model):
+    return sources.get(f"{key}.{sub}") or _origin(config_dict, key, sources, model)
+
+
+def _unknown_nested(key, sub, known, source, what, merged=True):
+    close = difflib.get_close_matches(str(sub), sorted(map(str, known)), n=1, cutoff=0.6)
+    listed = sorted(str(k) for k in known)
+    hint = f"did you mean '{close[0]}'?" if close else \
+        f"it takes {', '.join(listed)}" if len(listed) <= 12 else "no such key"
+    note = "; keys left out keep their defaults" if merged else ""
+    raise EtegrecError(f"unknown key '{sub}' in config key '{key}' from {source}: {hint} ({what}{note})")
+
+
+@lru_cache(maxsize=None)
+def llama_fields() -> frozenset:
+    """What ``transformers.LlamaConfig`` reads: its fields (``to_dict``) and ``__init__`` arguments,
+    with those of ``PretrainedConfig``, whatever this transformers version calls them."""
+    import inspect
+
+    from transformers import LlamaConfig, PretrainedConfig
+
+    names = set(LlamaConfig().to_dict()) | set(getattr(LlamaConfig, "attribute_map", {}))
+    for cls in (LlamaConfig, PretrainedConfig):
+        names.update(name for name, p in inspect.signature(cls.__init__).parameters.items()
+                     if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+    return frozenset(names - {"self"})
+
+
+def _llama_reads(key, value) -> bool:
+    """A key ``LlamaConfig`` consumes without keeping it under that name (rope_theta and
+    rope_scaling fold into rope_parameters in transformers 5): not a typo. Unknown keys are stored
+    as attributes, silently."""
+    from transformers import LlamaConfig
+
+    try:
+        cfg = LlamaConfig(**{key: value})
+    except Exception:  # noqa: BLE001  (it read the value and rejected it: a field)
+        return True
+    return key not in cfg.to_dict()
+
+
+def _data_files(config_dict, dataset):
+    """Atomic-file suffixes present for ``dataset`` (RecBole reads ml-100k from its own wheel)."""
+    import recbole
+
+    folders = [os.path.join(str(config_dict.get("data_path") or ""), str(dataset)),
+               os.path.join(os.path.dirname(recbole.__file__), "dataset_example", str(dataset))]
+    suffixes = set()
+    for folder in folders:
+        for path in glob.glob(os.path.join(glob.escape(folder), f"{glob.escape(str(dataset))}.*")):
+            suffixes.add(os.path.basename(path)[len(str(dataset)) + 1:])
+    return suffixes
+
+
+def check_nested(config_dict, model_class, dataset, sources) -> None:
+    """Every nested key of RecBole's merged config, before RecBole reads it (its ``eval_args``
+    handling drops unknown mode keys): ``eval_args`` (RecBole's four keys and their values),
+    ``train_neg_sample_args`` (RecBole's five), ``clip_grad_norm`` (torch's ``clip_grad_norm_``
+    arguments), ``load_col``/``unload_col`` (atomic-file suffixes) and, for ETEGRec,
+    ``llama_config`` (``transformers.LlamaConfig`` fields)."""
+    model = getattr(model_class, "__name__", None)
+    src = lambda key, sub=None: _nested_source(config_dict, key, sub, sources, model)  # noqa: E731
+
+    def need_dict(key, example):
+        value = config_dict.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise EtegrecError(f"config key '{key}' from {src(key)} must be a mapping like {example} (~ for "
+                               f"none), got {value!r}: fix its value")
+        return value or {}
+
+    eval_args = config_dict.get("eval_args")
+    if not isinstance(eval_args, dict):
+        raise EtegrecError(f"config key 'eval_args' from {src('eval_args')} must be a mapping like "
+                           "{split: {LS: valid_and_test}, order: TO, group_by: user, mode: full}, got "
+                           f"{eval_args!r}: fix its value")
+    for sub in eval_args:
+        if sub not in _EVAL_ARGS:
+            _unknown_nested("eval_args", sub, _EVAL_ARGS, src("eval_args", sub), "RecBole's eval_args")
+    _check_eval_args(eval_args, lambda sub: src("eval_args", sub))
+
+    for sub in need_dict("train_neg_sample_args", "{distribution: uniform, sample_num: 1}"):
+        if sub not in _NEG_SAMPLE_ARGS:
+            _unknown_nested("train_neg_sample_args", sub, _NEG_SAMPLE_ARGS, src("train_neg_sample_args", sub),
+                            "RecBole's negative sampling arguments")
+    clip_args = _clip_grad_norm_args()
+    for sub in need_dict("clip_grad_norm", "{max_norm: 1.0}"):
+        if sub not in clip_args:
+            _unknown_nested("clip_grad_norm", sub, clip_args, src("clip_grad_norm", sub),
+                            "torch.nn.utils.clip_grad_norm_ arguments")
+    for key in ("load_col", "unload_col"):
+        files = need_dict(key, "{inter: [user_id, item_id, timestamp]}")
+        if not files:
+            continue
+        known = set(_FEATURE_FILES) | _data_files(config_dict, dataset)
+        extra = config_dict.get("additional_feat_suffix") or []
+        known.update([extra] if isinstance(extra, str) else extra)
+        for sub in files:
+            if sub not in known:
+                _unknown_nested(key, sub, known, src(key, sub), f"atomic-file suffixes of {dataset}")
+    if model == "ETEGRec":
+        spec = config_dict.get("llama_config")
+        if isinstance(spec, dict):
+            fields = llama_fields()
+            for sub, value in spec.items():
+                if sub not in fields and not _llama_reads(sub, value):
+                    _unknown_nested("llama_config", sub, fields, src("llama_config", sub),
+                                    "llama_config takes transformers.LlamaConfig fields")
+                if sub in _LLAMA_FIXED and not config_dict.get("llama_path"):
+                    raise EtegrecError(f"config key 'llama_config.{sub}' from {src('llama_config', sub)} is set by "
+                                       "the plugin (the backbone reads inputs_embeds only, so it has no token "
+                                       f"vocabulary): remove {sub} from llama_config")
+
+
+def _check_eval_args(eval_args, src):
+    def bad(sub, value, need):
+        raise EtegrecError(f"config key 'eval_args.{sub}' from {src(sub)} must be {need}, got {value!r}: "
+                           "fix its value")
+
+    split = eval_args.get("split")
+    if "split" in eval_args and split is not None:
+        if not isinstance(split, dict) or len(split) != 1:
+            bad("split", split, "one of {LS: valid_and_test}, {RS: [0.8, 0.1, 0.1]} or {TS: [...]}")
+        (mode, value), = split.items()
+        if mode not in _SPLITS:
+            _unknown_nested("eval_args.split", mode, _SPLITS, src("split"), "RecBole's split modes", merged=False)
+        if mode == "LS" and value not in _LEAVE_ONE_OUT:
+            bad("split", split, f"{{LS: {' | '.join(_LEAVE_ONE_OUT)}}}")
+        if mode in ("RS", "TS") and not (isinstance(value, list) and value and all(map(_number, value))):
+            bad("split", split, f"{{{mode}: {_SPLITS[mode]}}}")
+    if "order" in eval_args and eval_args["order"] not in _ORDERS:
+        bad("order", eval_args["order"], "RO (random order) or TO (time order)")
+    group_by = eval_args.get("group_by")
+    if "group_by" in eval_args and not (group_by in _GROUP_BY or str(group_by).lower() == "none"):
+        bad("group_by", group_by, "user or none")
+    mode = eval_args.get("mode")
+    if isinstance(mode, dict):
+        for phase in mode:
+            if phase not in _EVAL_PHASES:
+                _unknown_nested("eval_args.mode", phase, _EVAL_PHASES, src("mode"), "RecBole's evaluation phases",
+                                merged=False)
+    elif "mode" in eval_args and not isinstance(mode, str):
+        bad("mode", mode, "full, labeled, uni<N>, pop<N> or {valid: ..., test: ...}")
+
+
+@lru_cache(maxsize=None)
+def _clip_grad_norm_args() -> tuple:
+    import inspect
+
+    import torch
+
+    params = inspect.signature(torch.nn.utils.clip_grad_norm_).parameters
+    return tuple(name for name in params if name != "parameters")
+
+
+# -- memory: the LLaMA's size against the machine's, before anything is allocated ----------------
+_DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+def _gb(n) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def llama_build_config(config_dict) -> "LlamaConfig":
+    """The ``LlamaConfig`` the backbone will be built from (mirrors ``backbone.build_llama``):
+    ``llama_path``'s config.json, else the merged ``llama_config``."""
+    from transformers import LlamaConfig
+
+    path = config_dict.get("llama_path")
+    if path:
+        return LlamaConfig.from_pretrained(path, local_files_only=True)
+    spec = dict(config_dict.get("llama_config") or {})
+    return LlamaConfig(vocab_size=2, pad_token_id=None, bos_token_id=None, eos_token_id=None,
+                       max_position_embeddings=spec.pop("max_position_embeddings", 1024), **spec)
+
+
+def llama_memory(config_dict) -> dict:
+    """Parameters of the backbone (built on the meta device: no memory) and the bytes training
+    needs, by this rule: trainable parameters x 4 copies (weights, gradients, two AdamW moments)
+    x their bytes, plus frozen parameters once; LoRA adapters (peft keeps them in fp32) are the only
+    trainable ones under ``lora``; the frozen token-embedding stub counts once. A from-scratch
+    backbone is built in fp32 before its cast, so it needs at least params x 4 bytes. Activations
+    are not counted: the real peak is higher."""
+    import torch
+    from transformers import LlamaModel
+
+    cfg = llama_build_config(config_dict)
+    with torch.device("meta"):
+        model = LlamaModel(cfg)
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.embed_tokens.weight.numel()
+    width = _DTYPE_BYTES.get(config_dict.get("precision"), 4)
+    if config_dict.get("lora"):
+        targets = set(config_dict.get("lora_target_modules") or ())
+        rank = config_dict.get("lora_r") or 0
+        trainable = sum(rank * (module.in_features + module.out_features) for name, module in model.named_modules()
+                        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets)
+        need = trainable * 4 * 4 + total * width
+    else:
+        trainable = total - embedding
+        need = trainable * 4 * width + embedding * width
+    if not config_dict.get("llama_path"):
+        need = max(need, total * 4)
+    return {"params": total, "trainable": trainable, "bytes": need, "width": width}
+
+
+def _read_int(path):
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def available_memory(device) -> tuple:
+    """(bytes, what they are) the model may use on ``device``: a GPU's free memory, or on the CPU
+    the kernel's MemAvailable (psutil where /proc/meminfo is absent), capped by a cgroup limit.
+    (None, reason) when it cannot be read."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda" and torch.cuda.is_available():
+        index = device.index if getattr(device, "index", None) is not None else torch.cuda.current_device()
+        free, _ = torch.cuda.mem_get_info(index)
+        return free, f"free on GPU {index} ({torch.cuda.get_device_name(index)})"
+    found, what = None, None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found, what = int(line.split()[1]) * 1024, "MemAvailable in /proc/meminfo"
+    except (OSError, ValueError):
+        pass
+    if found is None:
+        try:
+            import psutil
+
+            found, what = psutil.virtual_memory().available, "available memory (psutil)"
+        except ImportError:
+            return None, "no /proc/meminfo or psutil"
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and usage is not None and limit - usage < found:
+            found, what = max(limit - usage, 0), f"left under the cgroup limit ({limit_file})"
+    return found, what
+
+
+def check_llama_memory(config, sources) -> None:
+    """Stop before the backbone is allocated when training it cannot fit: one line with both
+    numbers and the fix. Under torchrun on the CPU every local process builds its own copy.
+    ``RECBOLE_ETEGREC_NO_MEMORY_CHECK=1`` skips it (e.g. swap the estimate cannot see)."""
+    if os.environ.get(MEMORY_CHECK_ENV):
+        return
+    config_dict = config.final_config_dict
+    try:
+        estimate = llama_memory(config_dict)
+    except EtegrecError:
+        raise
+    except Exception as err:  # noqa: BLE001  transformers rejects the settings themselves
+        origin = "llama_path" if config_dict.get("llama_path") else "llama_config"
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise EtegrecError(f"config key '{origin}' from {_origin(config_dict, origin, sources)} gives a LLaMA "
+                           f"transformers cannot build ({detail}): fix its value") from None
+    device = config_dict.get("device")
+    available, what = available_memory(device)
+    if available is None:
+        return
+    on_cpu = getattr(device, "type", str(device)) != "cuda"
+    copies = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if on_cpu else 1
+    need = estimate["bytes"] * max(copies, 1)
+    if need <= available:
+        return
+    lora = bool(config_dict.get("lora"))
+    rule = (f"{estimate['trainable'] / 1e6:.1f}M LoRA adapter parameters x 4 (weights, gradients, 2 AdamW "
+            f"moments) x 4 bytes + {estimate['params'] / 1e9:.2f}B frozen x {estimate['width']} bytes" if lora else
+            f"{estimate['trainable'] / 1e9:.2f}B trainable parameters x 4 (weights, gradients, 2 AdamW moments) "
+            f"x {estimate['width']} bytes ({config_dict.get('precision')})")
+    rule += f", x {copies} processes" if copies > 1 else ""
+    if config_dict.get("llama_path"):
+        origin = f"llama_path '{config_dict['llama_path']}'"
+        fix = ("train LoRA adapters in bf16 (--config_files properties/llama2-7b.yaml) on a GPU with enough "
+               "memory" if not lora else "use a GPU with more free memory or a smaller checkpoint")
+    else:
+        origin = f"llama_config from {_origin(config_dict, 'llama_config', sources)}"
+        fix = "shrink llama_config (hidden_size, num_hidden_layers, intermediate_size)"
+    raise EtegrecError(f"the LLaMA backbone ({origin}) has {estimate['params'] / 1e9:.2f}B parameters: training "
+                       f"needs about {_gb(need)} ({rule}; activations not counted) but only {_gb(available)} is "
+                       f"available ({what}): {fix}, or set {MEMORY_CHECK_ENV}=1 to skip this check")

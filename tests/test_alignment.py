@@ -16,8 +16,6 @@ def _trainer(tiny_config_dict, tmp_path, **over):
            "checkpoint_dir": str(tmp_path), **over}
     config, (train, valid, _) = build("ETEGRec", cfg)
     trainer = ETEGRecTrainer(config, ETEGRec(config, train._dataset))
-    trainer._build_schedules(len(train))
-    trainer._epoch_started, trainer.last_file, trainer._saved = None, None, False  # as fit sets them
     return trainer, train
 
 
@@ -45,9 +43,9 @@ def test_a_tokenizer_epoch_forced_to_collapse_is_undone(tiny_config_dict, tmp_pa
     model.calculate_loss = _collapsing(model)
     if not guard:  # the control: without the guard the collapsed codes cannot even form a code table
         with pytest.raises(EtegrecError, match="items share the same 3 semantic codes"):
-            trainer._train_epoch(train, 0)
+            trainer.run_epoch(train, 0)
         return
-    trainer._train_epoch(train, 0)  # epoch 0 is a tokenizer epoch (cycle 2)
+    trainer.run_epoch(train, 0)  # epoch 0 is a tokenizer epoch (cycle 2)
     last = trainer.health_history[-1]
     assert last["epoch"] == 0
     assert last["undone"] and "level 1 utilization" in last["undone"]
@@ -60,9 +58,9 @@ def test_a_tokenizer_epoch_forced_to_collapse_is_undone(tiny_config_dict, tmp_pa
 def test_a_healthy_tokenizer_epoch_is_kept_and_reports_the_sia_gradient_ratio(tiny_config_dict, tmp_path):
     trainer, train = _trainer(tiny_config_dict, tmp_path, tokenizer_guard_collision=1.0,
                               tokenizer_guard_utilization=0.0)
-    trainer._train_epoch(train, 1)  # a recommender epoch trains the adapters with SIA/PSA first
+    trainer.run_epoch(train, 1)  # a recommender epoch trains the adapters with SIA/PSA first
     before = {k: v.clone() for k, v in trainer.model.tokenizer.state_dict().items()}
-    trainer._train_epoch(train, 2)
+    trainer.run_epoch(train, 2)
     last = trainer.health_history[-1]
     assert last["undone"] is None
     assert any(not torch.equal(v, before[k]) for k, v in trainer.model.tokenizer.state_dict().items())

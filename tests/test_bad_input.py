@@ -4,6 +4,7 @@
 Most rows call ``run_recbole_etegrec.main`` in-process (fast); a few run the real script.
 """
 import glob
+import json
 import os
 import random
 import subprocess
@@ -20,6 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import run_recbole_etegrec  # noqa: E402
 
+LLAMA_70B = {"hidden_size": 8192, "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8,
+             "intermediate_size": 28672}
+LLAMA_13B_CONFIG = {"model_type": "llama", "hidden_size": 5120, "num_hidden_layers": 40, "num_attention_heads": 40,
+                    "num_key_value_heads": 40, "intermediate_size": 13824, "vocab_size": 32000,
+                    "max_position_embeddings": 4096}
 HEADER = "user_id:token\titem_id:token\ttimestamp:float\n"
 TRAIN = ["--epochs=2", "--cycle=2", "--warm_epoch=0", "--finetune_epochs=1"]
 
@@ -102,6 +108,35 @@ CASES = [
      "unknown config key 'lr_recc' from the command line: did you mean 'lr_rec'?"),
     ("typo_in_yaml", "ETEGRec", ["--config_files={typo_yaml}"], "unknown config key 'num_beam' from config file"),
     ("typo_tiger_layers", "TIGER", ["--num_layer=2"], "unknown config key 'num_layer'"),
+    # nested keys: a dict merges over its default key by key; its own keys are checked like top-level ones
+    ("llama_config_typo", "ETEGRec", ["--config_files={llama_typo_yaml}"],
+     "unknown key 'hidden_sizes' in config key 'llama_config' from config file"),
+    ("llama_config_typo_cmd", "ETEGRec", ["--llama_config={{'num_hidden_layer':1}}"],
+     "unknown key 'num_hidden_layer' in config key 'llama_config' from the command line: did you mean "
+     "'num_hidden_layers'?"),
+    ("llama_config_vocab", "ETEGRec", ["--llama_config={{'vocab_size':32000}}"],
+     "'llama_config.vocab_size' from the command line is set by the plugin"),
+    ("eval_args_typo", "SASRec", ["--eval_args={{'mdoe':'uni100'}}"],
+     "unknown key 'mdoe' in config key 'eval_args' from the command line: did you mean 'mode'?"),
+    ("eval_args_typo_yaml", "TIGER", ["--config_files={eval_typo_yaml}"],
+     "unknown key 'group' in config key 'eval_args' from config file"),
+    ("eval_mode_phase_typo", "Pop", ["--eval_args={{'mode':{{'vaild':'uni100'}}}}"],
+     "unknown key 'vaild' in config key 'eval_args.mode' from the command line: did you mean 'valid'?"),
+    ("eval_split_unknown", "SASRec", ["--eval_args={{'split':{{'LOO':'valid_and_test'}}}}"],
+     "unknown key 'LOO' in config key 'eval_args.split' from the command line: it takes LS, RS, TS"),
+    ("eval_order_bad", "ETEGRec", ["--eval_args={{'order':'time'}}"],
+     "'eval_args.order' from the command line must be RO (random order) or TO (time order)"),
+    ("clip_typo", "TIGER", ["--clip_grad_norm={{'max_nrom':1.0}}"],
+     "unknown key 'max_nrom' in config key 'clip_grad_norm' from the command line: did you mean 'max_norm'?"),
+    ("load_col_typo", "SASRec", ["--load_col={{'itme':['item_id']}}"],
+     "unknown key 'itme' in config key 'load_col' from the command line: did you mean 'item'?"),
+    ("neg_sample_typo", "Pop", ["--train_neg_sample_args={{'sample_nm':2}}"], "did you mean 'sample_num'?"),
+    # a backbone that cannot fit the device stops before anything is allocated, with both numbers
+    ("llama_too_big", "ETEGRec", ["--config_files={llama_70b_yaml}"],
+     "has 68.45B parameters: training needs about 1095.2 GB (68.45B trainable parameters x 4 (weights, "
+     "gradients, 2 AdamW moments) x 4 bytes (fp32)"),
+    ("llama_path_too_big", "ETEGRec", ["--llama_path={llama13b_dir}"],
+     "has 12.85B parameters: training needs about 203.7 GB"),
     # command line, files, names
     ("unknown_model", "SASRek", [], "unknown model 'SASRek'"),
     ("stray_argument", "SASRec", ["oops"], "unrecognized argument 'oops'"),
@@ -169,6 +204,15 @@ def artifacts(tiny_config_dict, tmp_path_factory):
     paths["metric_typo_yaml"] = tmp / "metric_typo.yaml"
     paths["metric_typo_yaml"].write_text("metrics: [Recal, NDCG]\n")
     paths["broken_yaml"].write_text("epochs: 1\nlearning_rate: [1, 2\n")
+    paths["llama_typo_yaml"] = tmp / "llama_typo.yaml"
+    paths["llama_typo_yaml"].write_text("llama_config: {hidden_sizes: 64}\n")  # HF's 7B sizes, once
+    paths["eval_typo_yaml"] = tmp / "eval_typo.yaml"
+    paths["eval_typo_yaml"].write_text("eval_args: {group: user}\n")
+    paths["llama_70b_yaml"] = tmp / "llama_70b.yaml"
+    paths["llama_70b_yaml"].write_text(yaml.safe_dump({"llama_config": LLAMA_70B}))
+    (tmp / "llama13b").mkdir()  # a config.json only: the check never reads weights
+    (tmp / "llama13b" / "config.json").write_text(json.dumps(LLAMA_13B_CONFIG))
+    paths["llama13b_dir"] = tmp / "llama13b"
     paths["list_yaml"].write_text("- epochs\n- 1\n")
     (tmp / "bert").mkdir()
     (tmp / "bert" / "config.json").write_text('{"model_type": "bert", "hidden_size": 32}')
@@ -257,7 +301,7 @@ def test_bad_input_is_one_error_line_and_exit_2(name, model, extra, fragment, ar
 
 
 @pytest.mark.parametrize("name", ["typo_num_beam", "beams_below_topk", "inter_header_only",
-                                  "checkpoint_dir_unwritable"])
+                                  "checkpoint_dir_unwritable", "llama_config_typo"])
 def test_real_script_runs(name, artifacts, tmp_path):
     _, model, extra, fragment = next(c for c in CASES if c[0] == name)
     args = _fix_config_files(_args(model, extra, artifacts, tmp_path / "saved"))
@@ -285,6 +329,76 @@ def test_evaluation_settings_recbole_accepts_still_pass():
     assert config["valid_metric_bigger"] is False  # RecBole's smaller_metrics: LogLoss
     config = Config("TIGER", "ml-100k", cmd_args=["--topk=[20]", "--valid_metric=NDCG@20"])  # num_beams 20
     assert config["topk"] == [20]
+
+
+def test_partial_nested_settings_merge_over_their_defaults(tmp_path):
+    """A partial dict keeps the default's other keys (before: HF's 4096-hidden, 32-layer LLaMA);
+    layers merge in order (files, config_dict, command line); ~ still switches a dict off."""
+    from recbole_etegrec.config import Config
+    from recbole_etegrec.model.backbone import build_llama
+
+    default = Config("ETEGRec", "ml-100k")["llama_config"]
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("llama_config: {num_hidden_layers: 1}\nclip_grad_norm: {norm_type: 1.0}\n")
+    config = Config("ETEGRec", "ml-100k", config_file_list=[str(partial)])
+    assert config["llama_config"] == {**default, "num_hidden_layers": 1}
+    assert config["clip_grad_norm"] == {"max_norm": 1.0, "norm_type": 1.0}
+    backbone = build_llama(config)
+    assert (backbone.config.hidden_size, backbone.config.intermediate_size, len(backbone.layers)) == (64, 256, 1)
+    assert sum(p.numel() for p in backbone.parameters()) < 100_000
+
+    wide = tmp_path / "wide.yaml"
+    wide.write_text("llama_config: {hidden_size: 32, num_attention_heads: 2}\n")
+    given = {"llama_config": {"num_key_value_heads": 2}}
+    config = Config("ETEGRec", "ml-100k", config_file_list=[str(partial), str(wide)], config_dict=given,
+                    cmd_args=["--llama_config={'rope_theta': 500000.0}", "--clip_grad_norm=None"])
+    assert config["llama_config"] == {**default, "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2,
+                                      "num_key_value_heads": 2, "rope_theta": 500000.0}  # a real LlamaConfig field
+    assert config["clip_grad_norm"] is None and given == {"llama_config": {"num_key_value_heads": 2}}
+    budget = {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4,
+              "intermediate_size": 512}  # properties/benchmark/*.yaml pass whole dicts through config_dict
+    assert Config("ETEGRec", "ml-100k", config_dict={"llama_config": budget})["llama_config"] == budget
+
+    # eval_args: a new mode keeps the protocol's leave-one-out split by time (RecBole alone fell back
+    # to its random 80/10/10 split); a new split replaces the old one whole
+    config = Config("SASRec", "ml-100k", cmd_args=["--eval_args={'mode':'uni100'}"])
+    assert config["eval_args"] == {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user",
+                                   "mode": {"valid": "uni100", "test": "uni100"}}
+    config = Config("SASRec", "ml-100k", cmd_args=["--eval_args={'split':{'RS':[0.8,0.1,0.1]}}"])
+    assert config["eval_args"]["split"] == {"RS": [0.8, 0.1, 0.1]} and config["eval_args"]["order"] == "TO"
+
+
+def test_memory_check_compares_the_backbone_with_the_device(tmp_path, monkeypatch):
+    """Both numbers and the rule in one line; the tiny default fits; LLaMA2-7B + LoRA in bf16 fits
+    16 GB (frozen weights once, adapters x 4) while full training of it does not."""
+    from recbole_etegrec import validation
+    from recbole_etegrec.config import Config
+    from recbole_etegrec.errors import EtegrecError
+
+    monkeypatch.setattr(validation, "available_memory", lambda device: (1_000_000, "test budget"))
+    with pytest.raises(EtegrecError) as err:
+        Config("ETEGRec", "ml-100k")
+    message = str(err.value)
+    assert "(llama_config from properties/model/ETEGRec.yaml) has 0.00B parameters: training needs about 2.1 MB" \
+        in message and "but only 1.0 MB is available (test budget): shrink llama_config" in message
+    monkeypatch.setenv(validation.MEMORY_CHECK_ENV, "1")
+    Config("ETEGRec", "ml-100k")  # skipped on request
+    monkeypatch.delenv(validation.MEMORY_CHECK_ENV)
+
+    llama7b = tmp_path / "llama7b"
+    llama7b.mkdir()
+    (llama7b / "config.json").write_text(json.dumps({**LLAMA_13B_CONFIG, "hidden_size": 4096, "num_hidden_layers": 32,
+                                                     "num_attention_heads": 32, "num_key_value_heads": 32,
+                                                     "intermediate_size": 11008}))
+    overlay = [str(ROOT / "properties" / "llama2-7b.yaml")]
+    monkeypatch.setattr(validation, "available_memory", lambda device: (16e9, "a 16 GB GPU"))
+    config = Config("ETEGRec", "ml-100k", config_file_list=overlay, cmd_args=[f"--llama_path={llama7b}"])
+    estimate = validation.llama_memory(config.final_config_dict)
+    assert estimate["params"] == 6_607_343_616 and estimate["trainable"] == 67_108_864  # r 64 on q/k/v/o
+    assert 13e9 < estimate["bytes"] < 16e9
+    with pytest.raises(EtegrecError, match=r"has 6.61B parameters: training needs about 52.1 GB .* but only "
+                                           r"16.0 GB is available \(a 16 GB GPU\): train LoRA adapters"):
+        Config("ETEGRec", "ml-100k", config_file_list=overlay, cmd_args=[f"--llama_path={llama7b}", "--lora=False"])
 
 
 def test_nan_loss_is_one_error_line(artifacts, tmp_path, capfd, monkeypatch):

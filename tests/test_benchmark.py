@@ -46,6 +46,10 @@ def test_benchmark_command_writes_table_csv_and_plot(tiny_config_dict, tmp_path)
         assert float(rows[model]["wall_time_s"]) >= float(rows[model]["train_time_s"])
         assert run["models"][model]["epochs_trained"] == 1 and run["models"][model]["wall_minutes"] >= 0
     assert run["models"]["NoSuchModel"]["status"].startswith("failed")
+    # ETEGRec's tokenizer health: the start (epoch -1) and its one tokenizer epoch (epoch 0)
+    health = run["models"]["ETEGRec"]["tokenizer_health"]
+    assert [h["epoch"] for h in health] == [-1, 0] and len(health[1]["utilization"]) == 3
+    assert "tokenizer_health" not in run["models"]["SASRec"]
     curve = list(csv.DictReader(open(out_dir / "valid_curve.csv")))
     assert {r["model"] for r in curve} == {"SASRec", "TIGER", "ETEGRec"}
     assert (out_dir / "valid_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -100,7 +104,7 @@ def test_per_user_test_values_are_recboles_and_pair_across_models(tiny_config_di
     from recbole_etegrec.quick_start import REPORT_METRICS, run
 
     per_user = {}
-    for model, users in (("Pop", 300), ("SASRec", 40), ("TIGER", 40)):  # Pop: enough users to have hits
+    for model, users in (("Pop", 300), ("SASRec", 30), ("TIGER", 30)):  # Pop: enough users to have hits
         result = run(model, "ml-100k", config_dict={**tiny_config_dict, **TINY_MODELS, "debug_samples": users})
         values = per_user[model] = result["test_per_user"]
         assert len(values["users"]) == users and set(values) == {"users", *REPORT_METRICS}

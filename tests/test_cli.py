@@ -1,5 +1,5 @@
-"""recbole_etegrec.cli: the shared argument rules, the shared error handler, and the
-``recbole-etegrec`` console script (its subcommands call the module entry points' own functions)."""
+"""recbole_etegrec.cli and recbole_etegrec.commands: the shared argument rules, the shared error
+handler, and the ``recbole-etegrec`` console script (its subcommands call the commands' ``main``)."""
 import os
 import shutil
 import subprocess
@@ -69,8 +69,8 @@ def test_handler_turns_user_errors_into_one_line(capsys):
 
 
 def test_prepare_and_recommend_take_no_config_overrides(tmp_path, capsys):
-    from recbole_etegrec.data import prepare
-    from recbole_etegrec.recommend import main as recommend_main
+    from recbole_etegrec.commands import prepare
+    from recbole_etegrec.commands.recommend import main as recommend_main
 
     assert prepare.main([str(tmp_path), "--name", "Toy", "--epochs=3"]) == 2
     assert recommend_main(["--checkpoint", "x.pth", "--user", "1", "--epochs", "3"]) == 2
@@ -82,18 +82,12 @@ def test_prepare_and_recommend_take_no_config_overrides(tmp_path, capsys):
                    "(see 'recbole-etegrec prepare --help')"]
 
 
-@pytest.mark.parametrize("name, module, function", [
-    ("run", "recbole_etegrec.cli", "run_main"),
-    ("prepare", "recbole_etegrec.data.prepare", "main"),
-    ("tokenize", "recbole_etegrec.stages.item_tokenizer", "main"),
-    ("tune", "recbole_etegrec.tune", "main"),
-    ("recommend", "recbole_etegrec.recommend", "main"),
-])
-def test_subcommands_call_the_module_entry_points(name, module, function, monkeypatch):
+@pytest.mark.parametrize("name", ["run", "prepare", "tokenize", "tune", "recommend", "export_lora"])
+def test_subcommands_call_the_command_modules(name, monkeypatch):
     import importlib
 
     calls = []
-    monkeypatch.setattr(importlib.import_module(module), function,
+    monkeypatch.setattr(importlib.import_module(f"recbole_etegrec.commands.{name}"), "main",
                         lambda argv, prog: calls.append((list(argv), prog)) or 7)
     assert cli.main([name, "--model", "X", "--epochs", "3"]) == 7
     assert calls == [(["--model", "X", "--epochs", "3"], f"recbole-etegrec {name}")]
@@ -102,8 +96,9 @@ def test_subcommands_call_the_module_entry_points(name, module, function, monkey
 def test_the_run_script_is_the_run_command(monkeypatch):
     sys.path.insert(0, str(ROOT))
     import run_recbole_etegrec
+    from recbole_etegrec.commands import run
 
-    monkeypatch.setattr(cli, "run_main", lambda argv: ("run_main", argv))
+    monkeypatch.setattr(run, "main", lambda argv: ("run_main", argv))
     assert run_recbole_etegrec.main(["--model", "X"]) == ("run_main", ["--model", "X"])
 
 

@@ -9,10 +9,10 @@ import torch
 from transformers import LlamaConfig, LlamaModel
 
 from recbole_etegrec import inference
+from recbole_etegrec.commands.export_lora import main as export_main
+from recbole_etegrec.commands.recommend import main as recommend_main
 from recbole_etegrec.errors import EtegrecError
-from recbole_etegrec.export_lora import main as export_main
 from recbole_etegrec.quick_start import run
-from recbole_etegrec.recommend import main as recommend_main
 from recbole_etegrec.recommend import recommend
 from recbole_etegrec.trainer.checkpoint import last_checkpoint_path
 from recbole_etegrec.trainer.etegrec_trainer import ETEGRecTrainer

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from recbole_etegrec.commands.prepare import main
 from recbole_etegrec.data.checks import check_inter_file
-from recbole_etegrec.data.prepare import main, prepare
+from recbole_etegrec.data.prepare import prepare
 from recbole_etegrec.errors import EtegrecError
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -12,8 +12,9 @@ import torch
 from recbole.utils.case_study import full_sort_topk
 
 from recbole_etegrec import inference
+from recbole_etegrec.commands.recommend import main
 from recbole_etegrec.quick_start import run
-from recbole_etegrec.recommend import main, recommend
+from recbole_etegrec.recommend import recommend
 from tests.test_tiger import TINY_T5
 
 ETEGREC = {"epochs": 1, "cycle": 1, "finetune_epochs": 0, "warm_epoch": 1, "debug_samples": 25}

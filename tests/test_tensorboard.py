@@ -11,7 +11,7 @@ import torch
 from recbole_etegrec.quick_start import run
 from recbole_etegrec.trainer.health import format_health, tokenizer_health
 
-ETEGREC = {"epochs": 2, "cycle": 2, "finetune_epochs": 0, "warm_epoch": 0, "debug_samples": 25,
+ETEGREC = {"epochs": 3, "cycle": 2, "finetune_epochs": 0, "warm_epoch": 0, "debug_samples": 25,
            "log_tensorboard": True}
 
 
@@ -40,11 +40,15 @@ def test_loss_terms_health_and_valid_metrics_are_written(events, tiny_config_dic
                 *[f"ETEGRec/entropy_l{lv}" for lv in range(levels)]]
     missing = [tag for tag in expected if tag not in events]
     assert not missing, sorted(events)
-    assert [s for s, _ in events["ETEGRec/id_vq_loss"]] == [0]
+    assert [s for s, _ in events["ETEGRec/id_vq_loss"]] == [0, 2]
     assert [s for s, _ in events["ETEGRec/rec_code_loss"]] == [1]
-    assert [s for s, _ in events["ETEGRec/sia"]] == [0, 1] and [s for s, _ in events["ETEGRec/psa"]] == [0, 1]
-    # health: once for the pretrained tokenizer (step -1), once after the tokenizer epoch 0
-    assert [s for s, _ in events["ETEGRec/tokenizer_recon"]] == [-1, 0]
+    # tokenizer epochs align only after an aligned recommender epoch: epoch 0 has no SIA/PSA, epoch 2 has
+    assert [s for s, _ in events["ETEGRec/sia"]] == [1, 2] and [s for s, _ in events["ETEGRec/psa"]] == [1, 2]
+    # health: once for the pretrained tokenizer (step -1), once after each tokenizer epoch (0, 2)
+    assert [s for s, _ in events["ETEGRec/tokenizer_recon"]] == [-1, 0, 2]
+    assert [s for s, _ in events["ETEGRec/tokenizer_epoch_undone"]] == [0, 2]
+    for lv in range(levels):  # the SIA/VQ probe runs after aligned tokenizer epochs only
+        assert [s for s, _ in events[f"ETEGRec/sia_vq_grad_ratio_l{lv}"]] == [2]
     code_num = tiny_config_dict["code_num"]
     for lv in range(levels):
         for _, value in events[f"ETEGRec/entropy_l{lv}"]:

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from recbole_etegrec.commands.tokenize import main as pretrain_main
 from recbole_etegrec.config import Config
 from recbole_etegrec.errors import EtegrecError
 from recbole_etegrec.stages.item_embeddings import load_item_embeddings
 from recbole_etegrec.stages.item_tokenizer import load_or_pretrain, tokenizer_cache_path
-from recbole_etegrec.stages.item_tokenizer import main as pretrain_main
 from recbole_etegrec.tokenizer import (
     RQVAE,
     ResidualQuantizer,

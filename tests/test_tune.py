@@ -1,5 +1,5 @@
-"""recbole_etegrec.tune (tune/run_tune.py): the space parser (fast) and one tiny SASRec sweep
-through the real CLI.
+"""recbole_etegrec.tune and its command (recbole_etegrec.commands.tune, tune/run_tune.py): the space
+parser (fast) and one tiny SASRec sweep through the real CLI.
 
 The sweep grids ``n_heads`` over [1, 2, 3] with hidden_size 16, so two trials train and the third
 crashes in SASRec's constructor (16 is not a multiple of 3): deterministic, and it checks that a
@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from recbole_etegrec import tune as run_tune
+from recbole_etegrec.commands import tune as tune_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "tune", "run_tune.py")
@@ -63,7 +64,7 @@ def test_space_parser_errors_name_the_file_and_key(tmp_path, spec, message):
 
 def test_cli_reports_a_bad_space_as_one_line_and_exit_2(tmp_path, capsys):
     path = write(tmp_path / "bad.yaml", "lr: {type: gaussian, low: 0, high: 1}\n")
-    code = run_tune.main(["--model", "SASRec", "--dataset", "ml-100k", "--space", path])
+    code = tune_command.main(["--model", "SASRec", "--dataset", "ml-100k", "--space", path])
     assert code == 2
     assert capsys.readouterr().err.startswith(f"error: search space '{path}', key 'lr'")
 
@@ -78,7 +79,7 @@ def test_the_script_is_a_thin_wrapper_of_the_module(tmp_path):
 
 
 def test_overrides_take_both_forms():
-    args = run_tune.parse_args(["--model", "SASRec", "--dataset", "ml-100k", "--space", "s.yaml",
+    args = tune_command.parse_args(["--model", "SASRec", "--dataset", "ml-100k", "--space", "s.yaml",
                                 "--epochs", "2", "--eval_step=1", "--seed", "7"])
     assert args.cmd_args == ["--epochs=2", "--eval_step=1"] and args.seed == 7
 
@@ -102,7 +103,7 @@ def sweep(tmp_path_factory):
     os.chdir(work)
     try:
         with contextlib.redirect_stdout(stdout):
-            code = run_tune.main(argv)
+            code = tune_command.main(argv)
     finally:
         os.chdir(cwd)
         torch.set_num_threads(threads)

@@ -27,6 +27,7 @@ A third file, ``NAME.yaml``, holds the dataset's own settings (``item_emb_source
 the .item file has text, else ``sasrec``); the plugin's Config reads it after the project's
 evaluation protocol ``properties/protocol.yaml`` (leave-one-out by time, full ranking, R/N@5,10,
 history 20), so ``--dataset NAME`` runs under the README's protocol without hand-written YAML.
+The command (options, output) is ``recbole_etegrec.commands.prepare``; this module is the library.
 """
 import ast
 import gzip
@@ -35,7 +36,7 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from tqdm import tqdm
 
@@ -275,30 +276,7 @@ def dataset_config_lines(name, has_text) -> List[str]:
             f"item_emb_source: {source}"]
 
 
-def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m recbole_etegrec.data.prepare") -> int:
-    """The ``prepare`` command (also ``recbole-etegrec prepare``): 0, or 2 with one error line."""
-    from recbole_etegrec.cli import ArgumentParser, handle, parse_args
+if __name__ == "__main__":  # the command: recbole_etegrec.commands.prepare
+    from recbole_etegrec.commands.prepare import main
 
-    parser = ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument("source", help="folder (or file) with LC-Rec JSON or raw Amazon 2018 files")
-    parser.add_argument("--name", required=True, help="dataset name, e.g. Instruments")
-    parser.add_argument("--out", default="dataset", help="RecBole data_path folder (default dataset)")
-    parser.add_argument("--kcore", type=int, default=5, help="k-core for raw Amazon (default 5)")
-
-    def command() -> int:
-        args, _ = parse_args(parser, argv, overrides=False)
-        stats = prepare(args.source, args.name, args.out, args.kcore)
-        print(f"{args.name}: {stats['users']:,} users, {stats['items']:,} items, "
-              f"{stats['interactions']:,} interactions")
-        print(f"  wrote {stats['inter_path']}")
-        print(f"  wrote {stats['item_path']}" if stats["item_path"] else
-              "  no item text in the source: no .item file written")
-        print(f"  wrote {stats['config_path']} (item_emb_source: {stats['item_emb_source']}; "
-              "evaluation protocol: properties/protocol.yaml)")
-        return 0
-
-    return handle(command)
-
-
-if __name__ == "__main__":
     sys.exit(main())

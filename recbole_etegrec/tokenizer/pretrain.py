@@ -205,7 +205,7 @@ def format_stats(stats) -> str:
     return line
 
 
-if __name__ == "__main__":  # the command lives with the stage that runs it
-    from recbole_etegrec.cli import main as cli_main
+if __name__ == "__main__":  # the command: recbole_etegrec.commands.tokenize
+    from recbole_etegrec.commands.tokenize import main
 
-    sys.exit(cli_main(["tokenize", *sys.argv[1:]]))
+    sys.exit(main(prog="python -m recbole_etegrec.tokenizer.pretrain"))

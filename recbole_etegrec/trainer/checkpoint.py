@@ -108,6 +108,18 @@ class ResumableTrainerMixin:
             self.save_last(done, train_data, finished=True)
         return result
 
+    def run_epoch(self, train_data, epoch_idx, steps_per_epoch=None, show_progress=False) -> object:
+        """Exactly one training epoch, index ``epoch_idx``, as ``fit`` runs it in a run that has
+        reached it: no stage logic, no validation, no checkpoint file (measurement scripts, tests).
+        ``steps_per_epoch``: the schedules' horizon (default: the loader's length)."""
+        self._saved, self.last_file, self._epoch_started = False, None, None
+        self.start_epoch = epoch_idx
+        self.build_schedules(steps_per_epoch or len(train_data))
+        return self._train_epoch(train_data, epoch_idx, show_progress=show_progress)
+
+    def build_schedules(self, steps_per_epoch) -> None:
+        """The per-step LR schedules ``fit`` builds before its first epoch (RecBole's trainers: none)."""
+
     def fit_stages(self, train_data, valid_data=None, **kwargs) -> Tuple[float, Optional[dict]]:
         """One RecBole ``fit``; a trainer with several stages (ETEGRec's finetune) overrides this
         and calls it once per stage."""

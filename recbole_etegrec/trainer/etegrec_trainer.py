@@ -117,6 +117,11 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
         self._build_finetune_schedule(steps)
         return super().fit_stages(train_data, valid_data, **kwargs)
 
+    def build_schedules(self, steps_per_epoch) -> None:
+        """The schedules of the stage ``start_epoch`` is in (``run_epoch``)."""
+        finetune = self.phase_of(self.start_epoch) == "finetune"
+        (self._build_finetune_schedule if finetune else self._build_schedules)(steps_per_epoch)
+
     def _build_schedules(self, steps_per_epoch):
         """One schedule per phase optimizer; its horizon is that phase's steps over the whole
         stage, and a resumed run starts it at the steps that phase has already taken."""
@@ -176,6 +181,8 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
         self.epoch_start(train_data, epoch_idx)  # last checkpoint / RNG restore before the phase switch
         phase = self.phase_of(epoch_idx)
         if phase == "id":
+            # the guard's undo point: tokenizer and code table as they last agreed (before the sync)
+            before = (self.model.tokenizer_state(), copy.deepcopy(self.id_optimizer.state_dict()))
             self.model.sync_codebooks("to_tokenizer")
         # the other phase's gradients must never reach this phase's clipping norm or step
         self.model.zero_grad(set_to_none=True)
@@ -189,7 +196,6 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
         self.logger.info(set_color(f"epoch {epoch_idx}: {name} epoch, lr {lr}", "cyan"))
         self._batches = 0
         if phase == "id":
-            before = (self.model.tokenizer_state(), copy.deepcopy(self.id_optimizer.state_dict()))
             loss_func = loss_func or self._keeping_last_batch(self.model.calculate_loss)
         loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
         self._log_loss_terms(epoch_idx, phase, loss)

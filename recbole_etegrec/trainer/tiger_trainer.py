@@ -31,6 +31,9 @@ class TIGERTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
         return super().fit(train_data, valid_data, verbose=verbose, saved=saved,
                            show_progress=show_progress, callback_fn=callback_fn)
 
+    def build_schedules(self, steps_per_epoch) -> None:
+        self._build_scheduler(steps_per_epoch)
+
     def _build_scheduler(self, steps_per_epoch):
         """A resumed run continues the schedule from ``start_epoch * steps_per_epoch``."""
         if self.scheduler is not None:
