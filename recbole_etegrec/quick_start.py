@@ -115,9 +115,13 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None, 
     return {
         "model": config["model"],
         "dataset": config["dataset"],
+        # RecBole's run_recbole contract (best_valid_score, valid_score_bigger, best_valid_result,
+        # test_result), then the plugin's keys; valid_result is the best one, under its older name
         "best_valid_score": best_valid_score,
-        "valid_result": dict(best_valid_result or {}),
+        "valid_score_bigger": bool(config["valid_metric_bigger"]),
+        "best_valid_result": dict(best_valid_result or {}),
         "test_result": dict(test_result),
+        "valid_result": dict(best_valid_result or {}),
         "test_per_user": per_user() if per_user else None,  # the paired bootstrap's input (benchmark.py)
         "train_time": train_time,
         "eval_time": eval_time,
