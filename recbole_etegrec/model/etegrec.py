@@ -25,7 +25,7 @@ from recbole_etegrec.model.code_model import CodeSequenceMixin
 from recbole_etegrec.model.losses import symmetric_info_nce, symmetric_kl
 from recbole_etegrec.stages.item_tokenizer import item_tokenizer_of
 from recbole_etegrec.tokenizer import CodeTable, build_code_table
-from recbole_etegrec.tokenizer.rqvae import mlp
+from recbole_etegrec.tokenizer.rqvae import RQVAEOutput, mlp
 
 
 def first_occurrences(items) -> torch.Tensor:
@@ -194,20 +194,27 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
             states = states[first]
             target_logits, target_recon = self.frozen_item_semantics(items[first])
         else:
-            items = interaction["boundary_items"][interaction["boundary_mask"]]
-            first = first_occurrences(items)
-            # the official code quantizes the distinct targets: a popular item repeated in the
-            # batch would otherwise pull the codebooks several times
-            target = self.tokenizer(self.item_emb[items[first]])  # RQVAEOutput, with gradients
+            target, first = self.distinct_targets(interaction)
             main, w_kl, w_cl = w["id_vq_loss"] * target.loss, w["id_kl_loss"], w["id_dec_cl_loss"]
             if not self.align:
                 return (main,)
-            with torch.no_grad():  # the recommender is frozen in tokenizer epochs
-                states, _ = self.boundary_states(self.forward(interaction), interaction)
-            states = states[first]
+            states = self.frozen_states(interaction)[first]
             target_logits, target_recon = torch.stack(target.quant.logits), target.recon
         return (main, w_kl * self.sia_loss(states, target_logits),
                 w_cl * symmetric_info_nce(self.dec_adapter(states), target_recon, self.tau))  # PSA
+
+    def distinct_targets(self, interaction) -> Tuple[RQVAEOutput, torch.Tensor]:
+        """Tokenizer epochs: the RQ-VAE over the batch's distinct target items (with gradients) and
+        the index of each one's first boundary. The official code quantizes the distinct targets: a
+        popular item repeated in the batch would otherwise pull the codebooks several times."""
+        items = interaction["boundary_items"][interaction["boundary_mask"]]
+        first = first_occurrences(items)
+        return self.tokenizer(self.item_emb[items[first]]), first
+
+    @torch.no_grad()
+    def frozen_states(self, interaction) -> torch.Tensor:
+        """Tokenizer epochs: the states at every supervised boundary; the recommender is frozen."""
+        return self.boundary_states(self.forward(interaction), interaction)[0]
 
     def sia_loss(self, states, target_logits) -> torch.Tensor:
         """SIA: the sequence's code distributions (its state through ``enc_adapter`` and the

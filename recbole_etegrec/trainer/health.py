@@ -66,19 +66,14 @@ def sia_gradient_ratio(model, interaction) -> List[float]:
     """Per level: the mean norm of the gradient of ``id_kl_loss * SIA`` on each codebook vector the
     batch's distinct targets use, over that of ``id_vq_loss * quantization loss`` (as in a
     tokenizer epoch). ~0: SIA barely moves the codes; >> 1: SIA, not reconstruction, places them."""
-    from recbole_etegrec.model.etegrec import first_occurrences
-
-    items = interaction["boundary_items"][interaction["boundary_mask"]]
-    first = first_occurrences(items)  # the distinct targets, as in a tokenizer epoch
     books = [book.weight for book in model.tokenizer.quantizer.codebooks]
     phase = model.phase
     model.phase = "id"  # SIA's tokenizer-epoch weighting
     try:
         with torch.enable_grad():
-            target = model.tokenizer(model.item_emb[items[first]])
-            with torch.no_grad():
-                states, _ = model.boundary_states(model.forward(interaction), interaction)
-            sia = model.weights["id_kl_loss"] * model.sia_loss(states[first], torch.stack(target.quant.logits))
+            target, first = model.distinct_targets(interaction)  # as a tokenizer epoch sees the batch
+            states = model.frozen_states(interaction)[first]
+            sia = model.weights["id_kl_loss"] * model.sia_loss(states, torch.stack(target.quant.logits))
             vq = model.weights["id_vq_loss"] * target.quant.loss
             g_sia = torch.autograd.grad(sia, books, retain_graph=True, allow_unused=True)
             g_vq = torch.autograd.grad(vq, books, allow_unused=True)
