@@ -18,6 +18,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import yaml
 
+from recbole_etegrec import distributed
 from recbole_etegrec.bootstrap import paired_bootstrap
 from recbole_etegrec.errors import EtegrecError
 from recbole_etegrec.io import atomic_path, atomic_write, check_writable, remove_stale_tmp
@@ -125,7 +126,13 @@ def run_models(models, dataset, config_files=None, config_dict=None, cmd_args=No
     """
     budget = load_budget(dataset, budget) if benchmark_dir else {}
     board = Board()
-    if benchmark_dir:
+    main_process = distributed.is_main_process()  # under torchrun / accelerate: rank 0 prints and writes
+
+    def say(text):
+        if main_process:
+            print(text, flush=True)
+
+    if benchmark_dir and main_process:
         check_writable(benchmark_dir, "benchmark_dir")  # found before the first model trains
         board = read_board(benchmark_dir, dataset, drop=models)  # before run.yaml is rewritten
         provenance = write_provenance(benchmark_dir, dataset, budget, config_files, config_dict, cmd_args,
@@ -136,7 +143,7 @@ def run_models(models, dataset, config_files=None, config_dict=None, cmd_args=No
         section = dict(budget.get(label, {}))
         model = section.pop("model", label)  # a variant section names the model it runs
         model_dict = {**budget.get("common", {}), **section, **(config_dict or {})}
-        print(f"=== [{len(results) + 1}/{len(models)}] {label} on {dataset}", flush=True)
+        say(f"=== [{len(results) + 1}/{len(models)}] {label} on {dataset}")
         started = time.strftime(TIME_FORMAT)
         try:
             result = dict(run(model, dataset, config_files, model_dict or None, cmd_args), model=label)
@@ -153,8 +160,8 @@ def run_models(models, dataset, config_files=None, config_dict=None, cmd_args=No
         rows, margins = board.table()
         table = markdown_table(rows, dataset)
         # the finished row reaches the log whatever happens
-        print(markdown_table([r for r in rows if r["model"] == label], dataset).splitlines()[-1], flush=True)
-        if benchmark_dir:
+        say(markdown_table([r for r in rows if r["model"] == label], dataset).splitlines()[-1])
+        if benchmark_dir and main_process:
             board.entries[label] = {**convergence(result), **model_provenance(provenance, started, budget, label)}
             failures = write_per_user(board, label, benchmark_dir)
             failures += write_benchmark(rows, table, dataset, benchmark_dir, board.ordered(board.curves), margins)
@@ -166,7 +173,7 @@ def run_models(models, dataset, config_files=None, config_dict=None, cmd_args=No
             for failure in failures:
                 print(f"error: {failure}", file=sys.stderr, flush=True)
                 result.setdefault("write_error", failure)
-    print(table, flush=True)
+    say(table)
     return results
 
 

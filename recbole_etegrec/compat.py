@@ -13,6 +13,10 @@ What is fixed here, and why not by pinning:
   a Counter: ``'int' object has no attribute 'cpu'`` at the first evaluation, for any model. Our
   ``get_data_struct`` is RecBole's with ``.cpu()`` applied to tensors only.
 
+- ``AbstractTrainer.__init__`` wraps every model in ``DistributedDataParallel(model,
+  device_ids=[local_rank])`` when distributed; on CPU (gloo) DDP refuses ``device_ids`` ("device_ids
+  ... cpu"), so SASRec and TIGER could not run multi-process without a GPU. RecBole's trainer module
+  gets a ``DistributedDataParallel`` that passes ``device_ids`` for CUDA modules only.
 - pandas 2.x warns (FutureWarning) at every ``fillna(inplace=True)`` on a chained column in
   ``Dataset._fill_nan``; under pandas < 3 that call still works, so the warning is silenced for
   that RecBole module only.
@@ -64,6 +68,14 @@ def _get_data_struct(self):
     return returned_struct
 
 
+def _device_ddp(module, device_ids=None, **kwargs):
+    """RecBole's DDP call, with ``device_ids`` only where DDP takes them (a CUDA module)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    on_cuda = any(p.is_cuda for p in module.parameters())
+    return DistributedDataParallel(module, device_ids=device_ids if on_cuda else None, **kwargs)
+
+
 def apply() -> None:
     global _APPLIED
     if _APPLIED:
@@ -78,5 +90,6 @@ def apply() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.trainer\.trainer")
     trusted = _TrustedLoadTorch()
     trainer_module.torch = trusted
+    trainer_module.DistributedDataParallel = _device_ddp
     Collector.get_data_struct = _get_data_struct
     _APPLIED = True

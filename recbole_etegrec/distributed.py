@@ -35,6 +35,26 @@ def is_distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a ``torchrun`` / ``accelerate launch`` job (or a single process), before any
+    config exists: the one that prints tables and writes benchmark folders."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def drop_log_file() -> None:
+    """Another rank's RecBole log file stays empty (its log level is ``error``): close and remove it,
+    so a run leaves one log file, rank 0's."""
+    import logging
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
+            if os.path.isfile(handler.baseFilename) and os.path.getsize(handler.baseFilename) == 0:
+                os.remove(handler.baseFilename)
+
+
 def is_writer(config) -> bool:
     """The process that writes files (checkpoints, tables): the only one, or rank 0."""
     return bool(config["single_spec"]) or config["local_rank"] == 0

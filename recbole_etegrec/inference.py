@@ -74,7 +74,9 @@ def load_data_and_model(model_file: str, state: str = None) -> Tuple[
     if state is not None:
         config["state"] = state
     check_base_model(checkpoint, model_file, config["llama_path"])  # lean: fail before reading any data
-    dataset, train_data, valid_data, test_data = load_split(config)
+    # the checkpoint's user/item ids, whatever the line order of today's .inter (data/identity.py)
+    dataset, train_data, valid_data, test_data = load_split(config, checkpoint.get("data"),
+                                                            f"checkpoint '{model_file}'")
     model_class = get_model(config["model"])
     codes = getattr(model_class, "uses_item_codes", False)
     if codes:

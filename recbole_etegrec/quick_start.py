@@ -11,14 +11,16 @@ from recbole.evaluator.register import metrics_dict
 from recbole.trainer import Trainer
 from recbole.utils import init_logger, init_seed, set_color
 
+from recbole_etegrec import distributed
 from recbole_etegrec.config import Config
 from recbole_etegrec.data import create_dataset, data_preparation
+from recbole_etegrec.data.identity import check_same_data, data_identity
 from recbole_etegrec.errors import EtegrecError
 from recbole_etegrec.io import check_writable
 from recbole_etegrec.registry import get_model, get_trainer
 from recbole_etegrec.stages.item_embeddings import publish_sasrec_table
 from recbole_etegrec.stages.item_tokenizer import prepare_item_tokenizer
-from recbole_etegrec.trainer.checkpoint import ResumableTrainerMixin
+from recbole_etegrec.trainer.checkpoint import ResumableTrainerMixin, read_checkpoint
 
 if TYPE_CHECKING:
     from recbole.data.dataloader import AbstractDataLoader
@@ -36,23 +38,30 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def load_split(config) -> Tuple["Dataset", "AbstractDataLoader", "AbstractDataLoader", "AbstractDataLoader"]:
+def load_split(config, identity=None, source=None) -> Tuple[
+        "Dataset", "AbstractDataLoader", "AbstractDataLoader", "AbstractDataLoader"]:
     """Seed, logger and RecBole's split for ``config``: ``(dataset, train, valid, test)``; the
-    code models get code-sequence loaders."""
+    code models get code-sequence loaders. With a checkpoint's ``identity`` (``data/identity.py``)
+    the data is first renumbered to the checkpoint's user and item ids (``source`` names it)."""
     init_seed(config["seed"], config["reproducibility"])
+    # RecBole's init_logger creates ./log/<model> with a check-then-makedirs that races between ranks
+    os.makedirs(os.path.join("log", str(config["model"])), exist_ok=True)
     init_logger(config)
+    if not distributed.is_writer(config):
+        distributed.drop_log_file()
     logger = getLogger()
     logger.info(config)
-    dataset = create_dataset(config)
+    dataset = create_dataset(config, identity, source)
     logger.info(dataset)
     return (dataset, *data_preparation(config, dataset))
 
 
-def load_data(config) -> Tuple["Dataset", "AbstractDataLoader", "AbstractDataLoader", "AbstractDataLoader"]:
+def load_data(config, identity=None, source=None) -> Tuple[
+        "Dataset", "AbstractDataLoader", "AbstractDataLoader", "AbstractDataLoader"]:
     """``load_split`` and, for code models, the item tokenizer stage: ``(dataset, train, valid,
     test)``, the code models finding the tokenizer on ``train._dataset``. Shared by training,
     the benchmarks and the tests."""
-    dataset, train, valid, test = load_split(config)
+    dataset, train, valid, test = load_split(config, identity, source)
     if getattr(config.model_class, "uses_item_codes", False):
         prepare_item_tokenizer(config, train._dataset)  # before the model: it never trains in __init__
     return dataset, train, valid, test
@@ -74,7 +83,11 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None, 
     if config["resume_file"] and not os.path.isfile(config["resume_file"]):
         raise EtegrecError(f"resume_file '{config['resume_file']}' does not exist: give a checkpoint "
                            "this model's trainer wrote (saved/<Model>-<time>.pth or its -last.pth)")
-    _, train_data, valid_data, test_data = load_data(config)
+    resumed = read_checkpoint(config["resume_file"], "cpu").get("data") if config["resume_file"] else None
+    source = f"resume_file '{config['resume_file']}'"
+    dataset, train_data, valid_data, test_data = load_data(config, resumed, source)
+    identity = data_identity(dataset)  # every checkpoint of the run carries it
+    check_same_data(resumed, identity, source)
     logger = getLogger()
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
@@ -83,6 +96,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None, 
     net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     logger.info(net)
     trainer = resumable(get_trainer(config["MODEL_TYPE"], config["model"]))(config, net)
+    trainer.data_identity = identity
     if config["resume_file"]:
         trainer.resume_checkpoint(config["resume_file"])  # continues at the epoch after it
 

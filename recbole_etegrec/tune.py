@@ -14,6 +14,7 @@ Trials call ``recbole_etegrec.quick_start.run`` with ``saved=False`` and report 
 the best sampled config in this process with ``saved=True``. Outputs: see tune/README.md.
 """
 import csv
+import difflib
 import math
 import os
 import sys
@@ -143,6 +144,7 @@ def resolve(args, space) -> Tuple[dict, str, str, int]:
     """Build the trial-independent config once here: it fails fast on bad files/keys and tells
     us the metric to tune (valid_metric), its direction, and ASHA's max_t (evaluations/trial)."""
     from recbole_etegrec.config import Config
+    from recbole_etegrec.validation import known_keys
 
     base = {"show_progress": False}
     if args.debug:
@@ -157,6 +159,12 @@ def resolve(args, space) -> Tuple[dict, str, str, int]:
     config = Config(args.model, args.dataset, args.config_files, base, args.cmd_args)
     os.environ.clear()
     os.environ.update(env)
+    known = known_keys(config)
+    for key in space:  # a typo here would fail every trial inside Ray
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'?" if close else "no property file defines it"
+            raise EtegrecError(f"search space '{args.space}' searches unknown config key '{key}': {hint}")
     if not config["eval_step"] or config["eval_step"] < 1:
         raise EtegrecError("tuning reports the validation metric: set eval_step to 1 or more")
     metric = config["valid_metric"].lower()
@@ -308,6 +316,8 @@ def sweep(args) -> int:
     if args.address:
         ray.init(address=args.address, log_to_driver=args.verbose)
     else:
+        # no dashboard; Ray 2.6.3's gcs_server, raylet and workers still listen on every interface (their
+        # bind address is hard-coded, _node_ip_address does not change it: tests/test_tune.py records it)
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=args.verbose)
     try:
         results, elapsed, cut = _fit(args, space, base, metric_key, mode, max_t, stamp)

@@ -19,6 +19,7 @@
 """
 import difflib
 import glob
+import importlib.util
 import json
 import math
 import os
@@ -310,7 +311,7 @@ def check_evaluation(config_dict, model_class, sources) -> None:
 
     # eval_args.mode: sampled candidates bound the cut-offs
     for phase, mode in modes.items():
-        if isinstance(mode, str) and mode[:3] in ("uni", "pop") and mode[3:].isdigit() \
+        if _sampled_mode(mode) \
                 and max(cutoffs) > int(mode[3:]) and "ranking" in kinds:
             raise EtegrecError(
                 f"config key 'topk' from {where('topk')} has cut-off {max(cutoffs)}, but eval_args.mode "
@@ -359,13 +360,22 @@ def _check_valid_metric(config_dict, metrics, cutoffs, sources, where):
                            f"stopping would fail after the first epoch: {pick}, or add {k} to topk")
 
 
+def _sampled_mode(mode) -> bool:
+    """RecBole's sampled evaluation: ``uni<N>`` / ``pop<N>`` negatives per positive."""
+    return isinstance(mode, str) and mode[:3] in ("uni", "pop") and mode[3:].isdigit()
+
+
 def _check_code_model_evaluation(config_dict, model, metrics, cutoffs, modes, where):
-    """Beam search ranks only its ``num_beams`` finished beams over all items; every other item
-    scores -inf (``code_model.full_sort_predict``)."""
+    """Full ranking is the beam search, which ranks only its ``num_beams`` finished beams over all
+    items; every other item scores -inf (``code_model.full_sort_predict``). Sampled modes score
+    every candidate by its likelihood (``code_model.predict``), so they take any metric."""
     for phase, mode in modes.items():
-        if mode != "full":
+        if mode != "full" and not _sampled_mode(mode):
             raise EtegrecError(f"config key 'eval_args' from {where('eval_args')} sets mode {mode!r} for {phase}, "
-                               f"but {model} ranks by beam search over all items: set eval_args.mode to 'full'")
+                               f"but {model} ranks all items by beam search ('full') or sampled candidates by "
+                               "likelihood ('uni100', 'pop100', any uniN/popN): set eval_args.mode to one of them")
+    if "full" not in modes.values():
+        return
     for metric in metrics:
         if not _at_k(metric.lower()):
             raise EtegrecError(f"config key 'metrics' from {where('metrics')} holds {_metric_name(metric.lower())},"
@@ -400,8 +410,18 @@ def check_topk_items(config, dataset) -> None:
 def validate(config, sources) -> None:
     check_unknown_keys(config, sources)
     check_ranges(config, sources)
+    check_loggers(config, sources)
     if config.final_config_dict.get("model") == "ETEGRec":
         check_llama_memory(config, sources)
+
+
+def check_loggers(config, sources) -> None:
+    """RecBole imports wandb only once the trainer is built (a traceback after the data and the
+    tokenizer stage); the optional extra is checked here instead."""
+    if config["log_wandb"] is True and importlib.util.find_spec("wandb") is None:
+        raise EtegrecError(f"config key 'log_wandb' from {_origin(config.final_config_dict, 'log_wandb', sources)} "
+                           "is True, but wandb is not installed: pip install -e '.[wandb]' (or pip install wandb), "
+                           "or set log_wandb to False")
 
 
 # -- nested settings: dict-valued keys merge over their defaults; their own keys are checked ------

@@ -88,10 +88,11 @@ CASES = [
     ("value_metric_full", "SASRec", ["--metrics=[AUC]", "--valid_metric=AUC"],
      "'metrics' from the command line holds the value metric AUC, which needs labeled scores"),
     ("metrics_mixed", "Pop", ["--metrics=[Recall,AUC]"], "mixes a ranking metric (Recall) with a value metric (AUC)"),
-    ("code_model_sampled", "TIGER", ["--eval_args={{'mode':'uni100'}}"],
-     "'eval_args' from the command line sets mode 'uni100' for valid, but TIGER ranks by beam search"),
-    ("code_model_sampled_test", "ETEGRec", ["--eval_args={{'mode':{{'valid':'full','test':'pop100'}}}}"],
-     "sets mode 'pop100' for test, but ETEGRec ranks by beam search"),
+    ("code_model_labeled", "TIGER", ["--eval_args={{'mode':'labeled'}}"],
+     "'eval_args' from the command line sets mode 'labeled' for valid, but TIGER ranks all items by beam search "
+     "('full') or sampled candidates by likelihood ('uni100', 'pop100', any uniN/popN)"),
+    ("code_model_labeled_test", "ETEGRec", ["--eval_args={{'mode':{{'valid':'full','test':'labeled'}}}}"],
+     "sets mode 'labeled' for test, but ETEGRec ranks all items by beam search"),
     ("code_model_gauc", "ETEGRec", ["--metrics=[Recall,NDCG,GAUC]"], "holds GAUC, which ranks every item"),
     ("code_model_gauc_tiger", "TIGER", ["--metrics=[GAUC]", "--valid_metric=GAUC"], "holds GAUC, which ranks every"),
     ("sampled_topk", "SASRec", ["--eval_args={{'mode':'uni100'}}", "--topk=[10,200]"],
@@ -172,8 +173,11 @@ CASES = [
     ("resume_random_bytes", "ETEGRec", ["--resume_file={garbage}"], "cannot be read"),
     ("resume_truncated", "ETEGRec", ["--resume_file={truncated}"], "it is truncated or not a checkpoint"),
     ("resume_other_model", "ETEGRec", ["--resume_file={sasrec_ckpt}"], "is a SASRec checkpoint, not ETEGRec"),
-    ("resume_other_size", "ETEGRec", ["--resume_file={etegrec_ckpt}", "--config_files={wide_llama}"],
+    ("resume_other_size", "ETEGRec",
+     ["--resume_file={etegrec_ckpt}", "--config_files={wide_llama}", "--debug", "--debug_samples", "25"],
      "does not fit this model's size/settings (size mismatch"),
+    ("resume_other_data", "ETEGRec", ["--resume_file={etegrec_ckpt}"],  # 25 users trained, the suite's 40 now
+     "was trained on other interactions than dataset 'ml-100k' holds now (another digest)"),
     # output folders
     ("checkpoint_dir_unwritable", "ETEGRec", ["--checkpoint_dir={unwritable}"], "checkpoint_dir '"),
     ("benchmark_dir_unwritable", "SASRec", ["--model_list", "SASRec,Pop", "--benchmark_dir={unwritable}"],

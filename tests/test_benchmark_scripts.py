@@ -57,7 +57,7 @@ def tiny_files(tiny_config_dict, tmp_path_factory):
 
 
 def test_every_script_is_covered():
-    assert SCRIPTS == ["beam_search_speed", "memory_7b", "train_speed"]
+    assert SCRIPTS == ["beam_search_speed", "inference_speed", "memory_7b", "train_speed"]
 
 
 @pytest.mark.parametrize("max_batches, skip_tiger", [(2, False), (None, True)])
@@ -137,6 +137,39 @@ def test_beam_search_speed_decodes_the_batches_it_names(tiny_files, tmp_path, ca
     for _, seconds, rate in timings:
         assert agrees(rate, users, seconds)
     assert "same items with and without cache: True" in out
+
+
+def test_inference_speed_rates_are_its_counts_over_its_seconds(tiny_files, tmp_path, capsys):
+    """A checkpoint (config inside, as training writes it) of the tiny TIGER, untrained."""
+    from recbole_etegrec.model.tiger import TIGER
+    from tests.conftest import build
+
+    path, tiny = tiny_files
+    config, (train, _, _) = build("TIGER", tiny)
+    model = TIGER(config, train._dataset)
+    checkpoint = tmp_path / "TIGER-tiny.pth"
+    torch.save({"config": config, "state_dict": model.state_dict(), "other_parameter": model.other_parameter()},
+               checkpoint)
+    out = tmp_path / "inference_speed.md"
+    argv = ["--checkpoint", str(checkpoint), "--users", "32", "--candidates", "7", "--likelihood_users", "4",
+            "--max_batches", "2", "--out", str(out)]
+    assert load_script("inference_speed").main(argv) == 0
+    stdout, text = capsys.readouterr().out, out.read_text()
+    assert stdout == text
+    rows = {r[0]: r for r in table_rows(text)[1:]}
+    valid, same, every, cached, uncached = (rows[k] for k in (
+        "validation (valid loader, full_sort_predict)", "recommend_batch on the validation histories",
+        "recommend --all_users (top 10)", "likelihood, KV cache", "likelihood, no KV cache"))
+    users = int(valid[1].split()[0])
+    assert 0 < users <= 2 * tiny["eval_batch_size"] and every[1] == same[1] == f"{users} users"
+    assert agrees(re.fullmatch(r"([\d.]+)x validation's users/s", same[4]).group(1), same[3], valid[3])
+    assert cached[1] == uncached[1] == f"{4 * 8} rows" and "4 users x 8 candidates" in cached[4]
+    for row in rows.values():
+        assert agrees(row[3], int(row[1].split()[0]), row[2]), row
+    ratio = re.match(r"([\d.]+)x validation's users/s; mean history [\d.]+ items vs validation's [\d.]+$",
+                     every[4]).group(1)
+    assert agrees(ratio, every[3], valid[3])
+    assert float(re.search(r"cached pass ([\d.e+-]+)", uncached[4]).group(1)) < 1e-4
 
 
 def test_memory_7b_terms_add_up(tmp_path, capsys):

@@ -131,3 +131,102 @@ def test_cli_missing_checkpoint_is_one_error_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"error: checkpoint '{tmp_path / 'nope.pth'}' does not exist: pass a file a training run wrote "
         "(saved/<Model>-<time>.pth)"]
+
+
+def read_table(path):
+    import pandas as pd
+
+    if str(path).endswith(".parquet"):
+        return pd.read_parquet(path)
+    return pd.read_csv(path, dtype={"user": str, "item": str})
+
+
+@pytest.mark.parametrize("name,suffix", [("ETEGRec", "csv"), ("TIGER", "parquet")])
+def test_all_users_file_equals_per_user_recommend(name, suffix, checkpoints, loaded, tmp_path, capsys):
+    """--all_users: exactly users x K rows, and three sampled users' rows equal the per-user command's."""
+    _, _, dataset, *_ = loaded[name]
+    out = tmp_path / f"recs.{suffix}"
+    assert main(["--checkpoint", checkpoints[name], "--all_users", "--topk", "5", "--out", str(out)]) == 0
+    summary = capsys.readouterr().out.strip().splitlines()
+    table = read_table(out)
+    ids = sorted(set(dataset.inter_feat["user_id"].tolist()))  # every user with interactions (the debug subset)
+    users = [str(dataset.field2id_token["user_id"][u]) for u in ids]
+    assert len(table) == len(users) * 5 and set(table["user"]) == set(users)
+    assert list(table.columns) == ["user", "rank", "item", "score"]
+    assert summary[-1].startswith(f"{name} on ml-100k: wrote {len(users) * 5} rows")
+    for user in [users[0], users[len(users) // 2], users[-1]]:
+        assert main(["--checkpoint", checkpoints[name], "--user", user, "--topk", "5", "--json"]) == 0
+        single = json.loads(capsys.readouterr().out)["recommendations"]
+        rows = table[table["user"] == user].sort_values("rank")
+        assert rows["rank"].tolist() == [1, 2, 3, 4, 5]
+        assert rows["item"].tolist() == [r["item"] for r in single]
+        assert rows["score"].tolist() == pytest.approx([r["score"] for r in single], abs=1e-4)
+
+
+def test_candidates_are_scored_by_likelihood_and_ranked(checkpoints, loaded, tmp_path, capsys):
+    """--candidates: each user's beam top-5 handed back shuffled (plus one unknown row) comes back in
+    the beam's order with the beam's scores: the likelihood path and the beam rank by one model."""
+    import pandas as pd
+
+    recs = tmp_path / "recs.csv"
+    assert main(["--checkpoint", checkpoints["ETEGRec"], "--all_users", "--topk", "5", "--out", str(recs)]) == 0
+    capsys.readouterr()
+    beam = read_table(recs)
+    beam = beam[beam["user"].isin(beam["user"].unique()[:4])]
+    cands = beam[["user", "item"]].sample(frac=1.0, random_state=0)
+    cands = pd.concat([cands, pd.DataFrame({"user": ["no-such-user"], "item": [cands["item"].iloc[0]]})])
+    path = tmp_path / "cands.csv"
+    cands.to_csv(path, index=False)
+    scored = tmp_path / "scored.csv"
+    args = ["--checkpoint", checkpoints["ETEGRec"], "--candidates", str(path), "--out", str(scored)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown user token(s) in dataset 'ml-100k' (no-such-user)" in err[0]
+    assert not scored.exists()
+    assert main(args + ["--skip_unknown"]) == 0
+    assert "skipped 1 row(s) with unknown user token(s) no-such-user" in capsys.readouterr().err
+    got = read_table(scored)
+    assert len(got) == len(beam)
+    for user, rows in beam.groupby("user", sort=False):
+        mine = got[got["user"] == user].sort_values("rank")
+        assert mine["item"].tolist() == rows.sort_values("rank")["item"].tolist()
+        assert mine["score"].tolist() == pytest.approx(rows.sort_values("rank")["score"].tolist(), abs=1e-4)
+
+
+def test_batch_options_are_checked_before_loading(checkpoints, tmp_path, capsys):
+    path = checkpoints["TIGER"]
+    cases = [
+        (["--all_users"], "--all_users and --candidates write a file: pass --out"),
+        (["--all_users", "--out", str(tmp_path / "recs.txt")], "must end in .csv or .parquet"),
+        (["--user", "1", "--out", str(tmp_path / "r.csv")], "--out is for --all_users and --candidates"),
+        (["--candidates", str(tmp_path / "none.csv"), "--out", str(tmp_path / "r.csv")], "does not exist"),
+    ]
+    (tmp_path / "bad.csv").write_text("u,i\n1,2\n")
+    cases.append((["--candidates", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "r.csv")],
+                  "has no user and no item column"))
+    for extra, message in cases:
+        assert main(["--checkpoint", path, *extra]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (extra, err)
+
+
+def test_recommend_after_reordering_the_inter_file_returns_the_same_items(checkpoints, loaded, tmp_path, capsys):
+    """RecBole numbers items by first appearance: the reordered file gets other ids, which the checkpoint's
+    token maps undo (data/identity.py), so the same user gets the same items and scores."""
+    from tests.test_identity import reordered_copy
+
+    config, *_ = loaded["ETEGRec"]
+    checkpoint = torch.load(checkpoints["ETEGRec"], map_location="cpu", weights_only=False)
+    assert checkpoint["data"]["items"][:2] == ["[PAD]", "242"]  # the maps travel in the checkpoint
+    checkpoint["config"]["data_path"] = reordered_copy(config, tmp_path / "data")  # a built config: used as is
+    moved = tmp_path / "moved.pth"
+    torch.save(checkpoint, moved)
+    user = checkpoint["data"]["users"][3]
+    outputs = []
+    for path in (checkpoints["ETEGRec"], moved):
+        assert main(["--checkpoint", str(path), "--user", user, "--json", "--topk", "10"]) == 0
+        outputs.append(json.loads(capsys.readouterr().out))
+    assert outputs[0]["history"] == outputs[1]["history"]
+    assert [r["item"] for r in outputs[0]["recommendations"]] == [r["item"] for r in outputs[1]["recommendations"]]
+    assert [r["score"] for r in outputs[1]["recommendations"]] == pytest.approx(
+        [r["score"] for r in outputs[0]["recommendations"]], abs=1e-5)

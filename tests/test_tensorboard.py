@@ -1,9 +1,15 @@
 """``log_tensorboard: True``: ETEGRec's loss terms, tokenizer health and validation metrics reach
-RecBole's TensorBoard event file (``log_tensorboard/<log name>/``). One tiny 2-epoch run (a
-tokenizer epoch, then a recommender epoch, both with SIA/PSA) in a temporary working folder."""
+RecBole's TensorBoard event file (``log_tensorboard/<log name>/``); ``log_wandb: True`` sends the
+same figures through RecBole's W&B logger (a recording stand-in for the ``wandb`` package, which
+the test install does not carry). One tiny 3-epoch run in a temporary working folder; without
+wandb, ``log_wandb`` is one error line before any data is read."""
 import glob
+import importlib.machinery
+import importlib.util
 import math
 import os
+import sys
+import types
 
 import pytest
 import torch
@@ -12,17 +18,36 @@ from recbole_etegrec.quick_start import run
 from recbole_etegrec.trainer.health import format_health, tokenizer_health
 
 ETEGREC = {"epochs": 3, "cycle": 2, "finetune_epochs": 0, "warm_epoch": 0, "debug_samples": 25,
-           "log_tensorboard": True}
+           "log_tensorboard": True, "log_wandb": True}
+
+
+def recording_wandb():
+    """What RecBole's ``WandbLogger`` calls on the ``wandb`` module, recorded."""
+    module = types.ModuleType("wandb")
+    module.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+    module.run, module.logged = None, []
+    module.init = lambda **kwargs: setattr(module, "run", types.SimpleNamespace(summary={}))
+    module.define_metric = lambda *args, **kwargs: None
+    module.log = lambda metrics, commit=True: module.logged.append(dict(metrics))
+    return module
 
 
 @pytest.fixture(scope="module")
-def events(tiny_config_dict, tmp_path_factory):
+def wandb_logged():
+    return []
+
+
+@pytest.fixture(scope="module")
+def events(tiny_config_dict, tmp_path_factory, wandb_logged):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     folder = tmp_path_factory.mktemp("tb-run")
+    wandb = recording_wandb()
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)  # RecBole writes log/ and log_tensorboard/ under the working folder
+        mp.setitem(sys.modules, "wandb", wandb)
         run("ETEGRec", "ml-100k", config_dict={**tiny_config_dict, **ETEGREC}, evaluate_test=False)
+    wandb_logged.extend(wandb.logged)
     # <log file name>/ (ETEGRec-ml-100k-<time>-<hash>); under pytest the root logger's first file
     # handler is pytest's (os.devnull), hence "null"
     runs = [d for d in glob.glob(str(folder / "log_tensorboard" / "*")) if os.path.isdir(d)]
@@ -58,6 +83,33 @@ def test_loss_terms_health_and_valid_metrics_are_written(events, tiny_config_dic
     for _, value in events["ETEGRec/collision_rate"]:
         assert 0 <= value <= 1
     assert all(math.isfinite(v) for tag in expected for _, v in events[tag])
+
+
+def test_wandb_gets_the_same_figures(events, wandb_logged):
+    """Every plugin figure TensorBoard got reaches RecBole's W&B logger as ``train/<tag>`` at the same
+    step (``train_step``), with the same value."""
+    sent = {}
+    for metrics in wandb_logged:
+        for key, value in metrics.items():
+            if key.startswith("train/ETEGRec/"):
+                sent.setdefault(key[len("train/"):], []).append((metrics["train_step"], value))
+    ours = {tag: points for tag, points in events.items() if tag.startswith("ETEGRec/")}
+    assert set(sent) == set(ours)
+    for tag, points in ours.items():
+        assert [s for s, _ in sent[tag]] == [s for s, _ in points], tag
+        assert [v for _, v in sent[tag]] == pytest.approx([v for _, v in points], rel=1e-6), tag
+    assert any("valid/recall@10" in m for m in wandb_logged)  # RecBole's own valid metrics
+
+
+def test_log_wandb_without_wandb_is_one_error_line(monkeypatch):
+    from recbole_etegrec.config import Config
+    from recbole_etegrec.errors import EtegrecError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(EtegrecError, match=r"config key 'log_wandb' from the command line is True, but wandb is not "
+                                           r"installed: pip install -e '\.\[wandb\]'"):
+        Config(model="SASRec", dataset="ml-100k", cmd_args=["--log_wandb=True"])
 
 
 def test_tokenizer_health_is_pure_and_consistent():

@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 from recbole_etegrec.commands.args import ArgumentParser, handle
 from recbole_etegrec.commands.args import parse_args as parse_command_line
+from recbole_etegrec.errors import EtegrecError
 
 PROG = "python tune/run_tune.py"
 
@@ -40,9 +41,30 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> argpar
     add("--skip_final_test", action="store_true", help="do not rerun the best config on test")
     add("--verbose", action="store_true", help="forward the trials' RecBole logs to this console")
     args, cmd_args = parse_command_line(parser, argv)
+    check_options(args)
     args.cmd_args, args.prog, args.argv = cmd_args, prog, list(sys.argv[1:] if argv is None else argv)
     args.config_files = [os.path.abspath(p) for p in args.config_files.split(",") if p.strip()]
     return args
+
+
+# option: (test, what it must be); checked before Ray starts (Ray would assert, or sample forever)
+_OPTION_RULES = {
+    "num_samples": (lambda v: v >= 1, "at least 1"),
+    "num_cpus": (lambda v: v is None or v >= 1, "at least 1"),
+    "cpus_per_trial": (lambda v: v > 0, "above 0"),
+    "gpus_per_trial": (lambda v: v >= 0, "0 or more"),
+    "max_concurrent": (lambda v: v is None or v >= 1, "at least 1"),
+    "grace_period": (lambda v: v >= 1, "at least 1"),
+    "reduction_factor": (lambda v: v > 1, "above 1"),
+    "debug_samples": (lambda v: v is None or v >= 1, "at least 1"),
+}
+
+
+def check_options(args) -> None:
+    for name, (ok, need) in _OPTION_RULES.items():
+        value = getattr(args, name)
+        if not ok(value):
+            raise EtegrecError(f"--{name} must be {need}, got {value}: fix the option")
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:

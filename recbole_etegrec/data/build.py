@@ -2,14 +2,15 @@
 
 ``create_dataset`` checks the atomic files first and applies ``--debug``; ``data_preparation``
 hands code models (``uses_item_codes = True`` on the config's model class) the code-sequence
-loaders and everything else RecBole's own loaders.
+loaders (RecBole's sampled-evaluation loaders for ``uni100``-style modes) and everything else
+RecBole's own loaders.
 """
 from logging import getLogger
 from typing import TYPE_CHECKING, Tuple
 
 from recbole.data import create_dataset as recbole_create_dataset
 from recbole.data import data_preparation as recbole_data_preparation
-from recbole.data.utils import create_samplers
+from recbole.data.utils import create_samplers, get_dataloader
 
 from recbole_etegrec.data.checks import check_inter_file
 from recbole_etegrec.data.dataloader import (
@@ -17,6 +18,7 @@ from recbole_etegrec.data.dataloader import (
     CodeSeqTrainDataLoader,
     CodeTableSlot,
 )
+from recbole_etegrec.data.identity import align_to_checkpoint, warn_if_other_interactions
 from recbole_etegrec.errors import EtegrecError
 from recbole_etegrec.validation import check_topk_items
 
@@ -25,13 +27,18 @@ if TYPE_CHECKING:
     from recbole.data.dataset import Dataset
 
 
-def create_dataset(config) -> "Dataset":
+def create_dataset(config, identity=None, source=None) -> "Dataset":
+    """RecBole's dataset, checked, deduplicated and (``--debug``) cut; with a checkpoint's
+    ``identity`` renumbered to its ids first (``data/identity.py``), so that a debug subset (the
+    first users by id) is the checkpoint's too."""
     check_inter_file(config)
     dataset = recbole_create_dataset(config)
     drop_duplicate_interactions(dataset)
+    align_to_checkpoint(dataset, identity, source)
     if config["debug"]:
         dataset = keep_first_users(dataset, config["debug_samples"])
     check_topk_items(config, dataset)  # the first place the item count is known; before any training
+    warn_if_other_interactions(dataset, identity, source)
     return dataset
 
 
@@ -62,11 +69,6 @@ def data_preparation(config, dataset) -> Tuple["AbstractDataLoader", "AbstractDa
     model_class = config.model_class  # set by RecBole's Config; no model module is imported here
     if not getattr(model_class, "uses_item_codes", False):
         return recbole_data_preparation(config, dataset)
-    for phase in ("valid", "test"):
-        if config["eval_args"]["mode"][phase] != "full":
-            raise EtegrecError(
-                f"{config['model']} ranks by beam search over all items: set eval_args.mode to 'full'"
-            )
     train_mode = config["train_mode"]
     if train_mode not in model_class.train_modes:
         raise EtegrecError(f"config key 'train_mode' is {train_mode!r}, but {config['model']} trains in "
@@ -76,6 +78,15 @@ def data_preparation(config, dataset) -> Tuple["AbstractDataLoader", "AbstractDa
     slot = CodeTableSlot()
     train = CodeSeqTrainDataLoader(config, built[0], samplers[0], shuffle=config["shuffle"], slot=slot,
                                    train_mode=train_mode)
-    valid = CodeSeqFullSortEvalDataLoader(config, built[1], samplers[1], shuffle=False, slot=slot)
-    test = CodeSeqFullSortEvalDataLoader(config, built[2], samplers[2], shuffle=False, slot=slot)
+    valid = eval_loader(config, "valid", built[1], samplers[1], slot)
+    test = eval_loader(config, "test", built[2], samplers[2], slot)
     return train, valid, test
+
+
+def eval_loader(config, phase, dataset, sampler, slot) -> "AbstractDataLoader":
+    """Full ranking: code sequences for the beam search. Sampled modes (``uni100``, ``pop100``, ...):
+    RecBole's own loader of (history, candidate) rows, which the model scores with ``predict``
+    (the likelihood of each candidate's codes, read from the model's current code table)."""
+    if config["eval_args"]["mode"][phase] == "full":
+        return CodeSeqFullSortEvalDataLoader(config, dataset, sampler, shuffle=False, slot=slot)
+    return get_dataloader(config, phase)(config, dataset, sampler, shuffle=False)

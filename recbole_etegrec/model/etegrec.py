@@ -11,7 +11,7 @@ The recommender reads and writes codes through its *own copy* of the tokenizer's
 so the trainer copies them across at every phase change (``sync_codebooks``).
 """
 import copy
-from typing import List, Tuple
+from typing import Callable, List, Tuple
 
 import torch
 import torch.nn as nn
@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
-from recbole_etegrec.decoding import BeamOutput, beam_search
 from recbole_etegrec.model.backbone import build_llama, run_backbone
 from recbole_etegrec.model.code_model import CodeSequenceMixin
 from recbole_etegrec.model.losses import symmetric_info_nce, symmetric_kl
@@ -258,11 +257,9 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.T.reshape(-1))
 
     # -- generation --------------------------------------------------------------------------
-    def generate(self, codes, attention, num_beams=None, use_cache=True) -> BeamOutput:
-        """Trie-constrained beam search for a batch of histories (left-padded, history only)."""
-        num_beams = num_beams or self.num_beams
-        start, step = (self._cached_decoder if use_cache else self._uncached_decoder)(codes, attention)
-        return beam_search(start, step, self.code_table, num_beams, self.code_length)
+    def decoder(self, codes, attention, use_cache=True) -> Tuple[Callable, Callable]:
+        """The (start, step) decoder over a batch of histories (left-padded, history only)."""
+        return (self._cached_decoder if use_cache else self._uncached_decoder)(codes, attention)
 
     def _cached_decoder(self, codes, attention):
         def start():

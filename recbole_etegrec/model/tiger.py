@@ -11,7 +11,7 @@ of the vocabulary (so a step's log-probs index codes directly). Evaluation is th
 trie-constrained beam search with T5's KV cache (``use_kv_cache: False`` re-runs the prefix).
 """
 import inspect
-from typing import Tuple
+from typing import Callable, Tuple
 
 import torch
 import torch.nn as nn
@@ -20,7 +20,6 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from transformers import T5Config, T5ForConditionalGeneration
 
-from recbole_etegrec.decoding import BeamOutput, beam_search
 from recbole_etegrec.errors import EtegrecError
 from recbole_etegrec.model.code_model import CodeSequenceMixin
 from recbole_etegrec.stages.item_tokenizer import item_tokenizer_of
@@ -99,14 +98,12 @@ class TIGER(CodeSequenceMixin, SequentialRecommender):
         return self.loss_fct(logits.reshape(-1, self.code_num), target.reshape(-1))
 
     # -- generation ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate(self, codes, attention, num_beams=None, use_cache=True) -> BeamOutput:
-        """Trie-constrained beam search for a batch of histories (left-padded, history only)."""
-        num_beams = num_beams or self.num_beams
+    def decoder(self, codes, attention, use_cache=True) -> Tuple[Callable, Callable]:
+        """The (start, step) decoder over a batch of histories (left-padded, history only): the
+        encoder runs once here, the decoder steps reuse its output."""
         input_ids, mask = self.encoder_inputs(codes, attention)
         enc = self.t5.encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        start, step = (self._cached_decoder if use_cache else self._uncached_decoder)(enc, mask)
-        return beam_search(start, step, self.code_table, num_beams, self.code_length)
+        return (self._cached_decoder if use_cache else self._uncached_decoder)(enc, mask)
 
     def _decode(self, enc, mask, decoder_input_ids, cache=None, use_cache=False):
         """One decoder pass; returns the level-free logits of the last position [N, V] and the cache."""

@@ -45,6 +45,17 @@ class ResumableTrainerMixin:
 
     lr_keys = ("learning_rate",)  # named in the divergence message
 
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        # every rank names the checkpoint from its own clock: take rank 0's, the file it writes
+        self.saved_model_file = distributed.broadcast_from_rank0(self.saved_model_file)
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False) -> Optional[dict]:
+        if load_best_model and eval_data:
+            distributed.barrier()  # under DDP rank 0 may still be writing the best checkpoint
+        return super().evaluate(eval_data, load_best_model=load_best_model, model_file=model_file,
+                                show_progress=show_progress)
+
     # -- state -----------------------------------------------------------------------------
     def optimizer_states(self) -> dict:
         return {"optimizer": self.optimizer.state_dict()}
@@ -62,6 +73,7 @@ class ResumableTrainerMixin:
             "cur_step": self.cur_step, "best_valid_score": self.best_valid_score,
             "state_dict": lean_state_dict(self.model, self.config), "other_parameter": self.model.other_parameter(),
             **lean_metadata(self.config), **self.optimizer_states(),
+            "data": getattr(self, "data_identity", None),  # token maps + digest (data/identity.py)
         }
 
     def _is_writer(self):

@@ -27,9 +27,10 @@ to generate, while the guard only ever keeps a tokenizer the recommender has alr
 ``health_history`` keeps every health line of the run (the benchmark writes it to run.yaml).
 
 With ``log_tensorboard: True`` the RecBole TensorBoard writer (``log_tensorboard/<log name>/``)
-also gets, per epoch, the mean batch value of each loss term (``ETEGRec/rec_code_loss`` or
+and with ``log_wandb: True`` RecBole's W&B run (under ``train/``, against ``train_step``) also
+get, per epoch, the mean batch value of each loss term (``ETEGRec/rec_code_loss`` or
 ``ETEGRec/id_vq_loss``, ``ETEGRec/sia``, ``ETEGRec/psa``), every validation metric
-(``valid/<metric>``) and, at the start of ``fit`` (step ``start_epoch - 1``) and after every
+(``valid/<metric>``; W&B has them from RecBole) and, at the start of ``fit`` (step ``start_epoch - 1``) and after every
 tokenizer epoch, the tokenizer health (``trainer/health.py``: ``ETEGRec/tokenizer_recon``,
 ``ETEGRec/collision_rate``, ``ETEGRec/utilization_l<level>``, ``ETEGRec/entropy_l<level>``, the
 last being the per-level entropy of the SIA code distributions, also logged as text).
@@ -236,7 +237,7 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
         train_data.set_code_table(model.code_table.codes)  # the slot is shared: valid/test loaders follow
         self._log_health(epoch_idx, always_log=True, health=health)
 
-    # -- TensorBoard (log_tensorboard) -------------------------------------------------------
+    # -- TensorBoard and W&B (log_tensorboard, log_wandb) --------------------------------------
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None) -> tuple:
         self._log_health(self.start_epoch - 1, always_log=True)  # the tokenizer the run starts from
@@ -254,35 +255,48 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
     def _tensorboard_on(self):
         return self.log_tensorboard and self._is_writer()
 
+    def _scalars(self, values: dict, step) -> None:
+        """One sink for the plugin's per-epoch figures: TensorBoard (``log_tensorboard``) and W&B
+        (``log_wandb``, through RecBole's logger: ``train/<name>`` against ``train_step``)."""
+        if not self._is_writer():
+            return
+        if self.log_tensorboard:
+            for name, value in values.items():
+                self.tensorboard.add_scalar(name, value, step)
+        if self.config["log_wandb"]:
+            self.wandblogger.log_metrics({**values, "train_step": step}, head="train")
+
+    def _scalars_on(self):
+        return (self.log_tensorboard or bool(self.config["log_wandb"])) and self._is_writer()
+
     def _log_loss_terms(self, epoch_idx, phase, loss):
         """Mean per batch of each term ``calculate_loss`` returned: (main,) or (main, SIA, PSA)."""
-        if not self._tensorboard_on() or loss is None or not self._batches:
+        if not self._scalars_on() or loss is None or not self._batches:
             return
         terms = loss if isinstance(loss, tuple) else (loss,)
         names = ("id_vq_loss" if phase == "id" else "rec_code_loss", "sia", "psa")  # finetune: code loss
-        for name, value in zip(names, terms):
-            self.tensorboard.add_scalar(f"ETEGRec/{name}", float(value) / self._batches, epoch_idx)
+        self._scalars({f"ETEGRec/{name}": float(value) / self._batches for name, value in zip(names, terms)},
+                      epoch_idx)
 
     def _log_health(self, step, always_log=False, health=None):
         health = health or tokenizer_health(self.model)
         self.health_history.append({"epoch": step, **health})
         if always_log:
             self.logger.info(format_health(health))
-        if not self._tensorboard_on():
+        if not self._scalars_on():
             return
-        self.tensorboard.add_scalar("ETEGRec/tokenizer_recon", health["recon"], step)
-        self.tensorboard.add_scalar("ETEGRec/collision_rate", health["collision_rate"], step)
+        values = {"ETEGRec/tokenizer_recon": health["recon"], "ETEGRec/collision_rate": health["collision_rate"]}
         for level, (util, ent) in enumerate(zip(health["utilization"], health["entropy"])):
-            self.tensorboard.add_scalar(f"ETEGRec/utilization_l{level}", util, step)
-            self.tensorboard.add_scalar(f"ETEGRec/entropy_l{level}", ent, step)
+            values.update({f"ETEGRec/utilization_l{level}": util, f"ETEGRec/entropy_l{level}": ent})
         for level, ratio in enumerate(health.get("sia_vq_grad_ratio") or ()):
-            self.tensorboard.add_scalar(f"ETEGRec/sia_vq_grad_ratio_l{level}", ratio, step)
+            values[f"ETEGRec/sia_vq_grad_ratio_l{level}"] = ratio
         if "undone" in health:
-            self.tensorboard.add_scalar("ETEGRec/tokenizer_epoch_undone", float(bool(health["undone"])), step)
+            values["ETEGRec/tokenizer_epoch_undone"] = float(bool(health["undone"]))
+        self._scalars(values, step)
 
     def _valid_epoch(self, valid_data, show_progress=False):
         score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
-        if self._tensorboard_on():  # RecBole itself writes only the valid score ("Vaild_score")
+        if self._tensorboard_on():  # RecBole itself writes only the valid score ("Vaild_score"); W&B gets all
             for metric, value in (result or {}).items():
                 self.tensorboard.add_scalar(f"valid/{metric}", float(value), getattr(self, "_epoch_idx", 0))
         return score, result
