@@ -20,6 +20,8 @@ What is fixed here, and why not by pinning:
 - pandas 2.x warns (FutureWarning) at every ``fillna(inplace=True)`` on a chained column in
   ``Dataset._fill_nan``; under pandas < 3 that call still works, so the warning is silenced for
   that RecBole module only.
+- ``init_logger`` names the log file by model, dataset, second and config hash: two runs of one
+  config started in one second append to one file. ``compat.init_logger`` adds the run id.
 
 What is pinned instead (setup.cfg): numpy<2 (``np.float_`` in RecBole's configurator, ``np.bool8``
 in ray 2.6.3), pandas<3 (``fillna(inplace=True)`` on a chained column silently keeps NaNs in
@@ -74,6 +76,19 @@ def _device_ddp(module, device_ids=None, **kwargs):
 
     on_cuda = any(p.is_cuda for p in module.parameters())
     return DistributedDataParallel(module, device_ids=device_ids if on_cuda else None, **kwargs)
+
+
+def init_logger(config, run_id) -> None:
+    """RecBole's ``init_logger`` with the run id in the log file's name: RecBole names it by model,
+    dataset, second and config hash, so two runs of one config started in one second share a file."""
+    from recbole.utils import logger as recbole_logger
+
+    stamp = recbole_logger.get_local_time
+    recbole_logger.get_local_time = lambda: f"{stamp()}-{run_id}"
+    try:
+        recbole_logger.init_logger(config)
+    finally:
+        recbole_logger.get_local_time = stamp
 
 
 def apply() -> None:

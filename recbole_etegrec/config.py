@@ -28,6 +28,18 @@ _FLEXIBLE_KEYS = {
     "llama_config", "benchmark_models",
 }
 
+# Keys that never change what is computed: where things are written, logging, devices, processes.
+RUN_ONLY_KEYS = {
+    "checkpoint_dir", "show_progress", "use_gpu", "gpu_id", "device", "state", "log_wandb", "wandb_project",
+    "local_rank", "single_spec", "world_size", "nproc", "offset", "ip", "port", "data_path", "log_tensorboard",
+    "tokenizer_path", "benchmark_filename", "worker", "eval_batch_size", "resume_file", "resume_allow_change",
+    "protocol_file", "dataset_config_file", "config_files",
+}
+# Keys a resumed run may change (besides RUN_ONLY_KEYS): how long it trains and how often it validates.
+RESUME_FREE_KEYS = RUN_ONLY_KEYS | {
+    "epochs", "stopping_step", "eval_step", "finetune_epochs", "finetune_stopping_step", "finetune_eval_step",
+}
+
 
 class Config(RecBoleConfig):
     def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None,

@@ -86,6 +86,22 @@ def _alive(pid):
     return True
 
 
+def new_run_id() -> str:
+    """Six hex digits naming one run's files (checkpoints, log) beside RecBole's one-second time
+    stamp; from the OS, so the seeded random streams are untouched."""
+    return os.urandom(3).hex()
+
+
+def check_file_writable(path, key) -> None:
+    """A file the run will replace: its folder must be writable and an existing file must not be
+    read-only (a read-only file says "keep this"; the rename would replace it anyway)."""
+    check_writable(os.path.dirname(os.path.abspath(path)), key)
+    # the mode bits too: root may write anything, but a file without write bits was meant to stay
+    if os.path.exists(path) and (not os.access(path, os.W_OK) or not os.stat(path).st_mode & 0o222):
+        raise EtegrecError(f"{key} '{path}' is read-only and this run would replace it: copy it to a "
+                           f"writable file and give that, or pass --checkpoint_dir=ANOTHER_FOLDER")
+
+
 def check_writable(folder, key) -> None:
     """Fail before training when an output folder cannot be created or written."""
     try:

@@ -9,18 +9,18 @@ import numpy as np
 import torch
 from recbole.evaluator.register import metrics_dict
 from recbole.trainer import Trainer
-from recbole.utils import init_logger, init_seed, set_color
+from recbole.utils import init_seed, set_color
 
-from recbole_etegrec import distributed
+from recbole_etegrec import compat, distributed
 from recbole_etegrec.config import Config
 from recbole_etegrec.data import create_dataset, data_preparation
 from recbole_etegrec.data.identity import check_same_data, data_identity
 from recbole_etegrec.errors import EtegrecError
-from recbole_etegrec.io import check_writable
+from recbole_etegrec.io import check_writable, new_run_id
 from recbole_etegrec.registry import get_model, get_trainer
 from recbole_etegrec.stages.item_embeddings import publish_sasrec_table
 from recbole_etegrec.stages.item_tokenizer import prepare_item_tokenizer
-from recbole_etegrec.trainer.checkpoint import ResumableTrainerMixin, read_checkpoint
+from recbole_etegrec.trainer.checkpoint import ResumableTrainerMixin, check_resume_config, read_checkpoint
 
 if TYPE_CHECKING:
     from recbole.data.dataloader import AbstractDataLoader
@@ -46,7 +46,9 @@ def load_split(config, identity=None, source=None) -> Tuple[
     init_seed(config["seed"], config["reproducibility"])
     # RecBole's init_logger creates ./log/<model> with a check-then-makedirs that races between ranks
     os.makedirs(os.path.join("log", str(config["model"])), exist_ok=True)
-    init_logger(config)
+    if not getattr(config, "run_id", None):  # names this run's log and checkpoints (rank 0's under DDP)
+        config.run_id = distributed.broadcast_from_rank0(new_run_id())
+    compat.init_logger(config, config.run_id)
     if not distributed.is_writer(config):
         distributed.drop_log_file()
     logger = getLogger()
@@ -80,15 +82,21 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None, 
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
                     config_dict=config_dict, cmd_args=cmd_args)
     check_writable(config["checkpoint_dir"], "checkpoint_dir")  # before hours of training, not after
+    resumed, changes, source = None, [], f"resume_file '{config['resume_file']}'"
     if config["resume_file"] and not os.path.isfile(config["resume_file"]):
         raise EtegrecError(f"resume_file '{config['resume_file']}' does not exist: give a checkpoint "
-                           "this model's trainer wrote (saved/<Model>-<time>.pth or its -last.pth)")
-    resumed = read_checkpoint(config["resume_file"], "cpu").get("data") if config["resume_file"] else None
-    source = f"resume_file '{config['resume_file']}'"
+                           "this model's trainer wrote (saved/<Model>-<time>-<run id>.pth or its -last.pth)")
+    if config["resume_file"]:
+        checkpoint = read_checkpoint(config["resume_file"], "cpu")
+        changes = check_resume_config(checkpoint, config)  # an error unless resume_allow_change
+        resumed = checkpoint.get("data")
+        del checkpoint
     dataset, train_data, valid_data, test_data = load_data(config, resumed, source)
     identity = data_identity(dataset)  # every checkpoint of the run carries it
     check_same_data(resumed, identity, source)
     logger = getLogger()
+    for change in changes:
+        logger.warning(f"{source}: resuming with a changed setting, {change}")
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     if config["device"].type == "cuda":

@@ -28,6 +28,7 @@ LLAMA_13B_CONFIG = {"model_type": "llama", "hidden_size": 5120, "num_hidden_laye
                     "max_position_embeddings": 4096}
 HEADER = "user_id:token\titem_id:token\ttimestamp:float\n"
 TRAIN = ["--epochs=2", "--cycle=2", "--warm_epoch=0", "--finetune_epochs=1"]
+RESUMED = ["--cycle=1", "--debug_samples=25"]  # the settings the resumed ETEGRec checkpoint was trained with
 
 # (id, model, extra arguments ({name} = an artifact path, {{ }} = a brace), expected fragment of the error line)
 CASES = [
@@ -156,6 +157,27 @@ CASES = [
     ("inter_short_line", "Pop", ["--dataset", "short", "--data_path={data}"], "short.inter: line 3 has 2 fields"),
     ("inter_not_number", "Pop", ["--dataset", "nonnum", "--data_path={data}"],
      "column 'timestamp:float' holds 'yesterday'"),
+    ("inter_bom", "Pop", ["--dataset", "bom", "--data_path={data}"], "bom.inter starts with a UTF-8 byte-order mark"),
+    ("inter_no_time", "SASRec", ["--dataset", "notime", "--data_path={data}"],
+     "notime.inter has no 'timestamp' column (TIME_FIELD) (eval_args.order TO orders each user's interactions"),
+    ("inter_duplicate_column", "Pop", ["--dataset", "dupcol", "--data_path={data}"],
+     "dupcol.inter: line 1 names column 'item_id' more than once"),
+    ("inter_float_item", "ETEGRec", ["--dataset", "floatitem", "--data_path={data}"],
+     "column 'item_id:float' (ITEM_ID_FIELD) must be 'item_id:token' (ids are names, not numbers)"),
+    ("inter_no_user_column", "Pop", ["--dataset", "uidcol", "--data_path={data}"],
+     "uidcol.inter has no 'user_id' column (USER_ID_FIELD): set USER_ID_FIELD to your column"),
+    ("inter_nan_time", "SASRec", ["--dataset", "nantime", "--data_path={data}"],
+     "nantime.inter: 2 lines have an empty, NaN or inf 'timestamp:float' (lines 3, 4)"),
+    ("inter_empty_time", "TIGER", ["--dataset", "emptytime", "--data_path={data}"],
+     "emptytime.inter: 1 lines have an empty, NaN or inf 'timestamp:float' (lines 3)"),
+    ("load_col_no_item", "SASRec", ["--load_col={{'inter':['user_id','timestamp']}}"],
+     "config key 'load_col' reads inter columns ['user_id', 'timestamp'] without 'item_id' (ITEM_ID_FIELD)"),
+    ("load_col_no_time", "ETEGRec", ["--load_col={{'inter':['user_id','item_id']}}"],
+     "without 'timestamp' (TIME_FIELD): add it to load_col.inter"),
+    ("inter_users_too_short", "SASRec", ["--dataset", "twoeach", "--data_path={data}"],
+     "twoeach.inter: the validation split of its 9 users is empty (leave-one-out holds out"),
+    ("inter_users_too_short_code", "ETEGRec", ["--dataset", "twoeach", "--data_path={data}"],
+     "the validation split of its 9 users is empty"),
     ("inter_bad_header", "Pop", ["--dataset", "badheader", "--data_path={data}"],
      "header column 'user_id' must look like"),
     # item embeddings and tokenizer
@@ -173,11 +195,20 @@ CASES = [
     ("resume_random_bytes", "ETEGRec", ["--resume_file={garbage}"], "cannot be read"),
     ("resume_truncated", "ETEGRec", ["--resume_file={truncated}"], "it is truncated or not a checkpoint"),
     ("resume_other_model", "ETEGRec", ["--resume_file={sasrec_ckpt}"], "is a SASRec checkpoint, not ETEGRec"),
-    ("resume_other_size", "ETEGRec",
-     ["--resume_file={etegrec_ckpt}", "--config_files={wide_llama}", "--debug", "--debug_samples", "25"],
+    ("resume_other_size", "ETEGRec", ["--resume_file={etegrec_ckpt}", "--config_files={wide_llama}",
+                                      *RESUMED, "--resume_allow_change=True"],
      "does not fit this model's size/settings (size mismatch"),
-    ("resume_other_data", "ETEGRec", ["--resume_file={etegrec_ckpt}"],  # 25 users trained, the suite's 40 now
-     "was trained on other interactions than dataset 'ml-100k' holds now (another digest)"),
+    ("resume_other_data", "ETEGRec", ["--resume_file={etegrec_ckpt}", "--cycle=1", "--resume_allow_change=True"],
+     "was trained on other interactions than dataset 'ml-100k' holds now (another digest)"),  # 25 users, now 40
+    # a resume changes nothing but epochs, stopping and output settings, unless told to
+    ("resume_changed_lr", "ETEGRec", ["--resume_file={etegrec_ckpt}", *RESUMED, "--lr_rec=0.01"],
+     "was trained with other settings (lr_rec: 0.001 -> 0.01): resume with the settings that wrote it"),
+    ("resume_changed_seed", "ETEGRec", ["--resume_file={etegrec_ckpt}", *RESUMED, "--seed=7"],
+     "was trained with other settings (seed: 2020 -> 7)"),
+    ("resume_changed_users", "ETEGRec", ["--resume_file={etegrec_ckpt}", "--cycle=1"],
+     "was trained with other settings (debug_samples: 25 -> 40)"),
+    ("resume_changed_model_size", "ETEGRec", ["--resume_file={etegrec_ckpt}", *RESUMED,
+                                              "--config_files={wide_llama}"], "'hidden_size': 32"),
     # output folders
     ("checkpoint_dir_unwritable", "ETEGRec", ["--checkpoint_dir={unwritable}"], "checkpoint_dir '"),
     ("benchmark_dir_unwritable", "SASRec", ["--model_list", "SASRec,Pop", "--benchmark_dir={unwritable}"],
@@ -227,7 +258,17 @@ def artifacts(tiny_config_dict, tmp_path_factory):
                           "latin1": (HEADER + "1\t2\t3\n1\tcaf\xe9\t4\n").encode("latin-1"),
                           "short": (HEADER + "1\t2\t3\n1\t3\n").encode(),
                           "nonnum": (HEADER + "1\t2\tyesterday\n").encode(),
-                          "badheader": b"user_id\titem_id\n1\t2\n"}.items():
+                          "badheader": b"user_id\titem_id\n1\t2\n",
+                          "bom": ("\ufeff" + HEADER + "1\t2\t3\n1\t3\t4\n").encode(),
+                          "notime": b"user_id:token\titem_id:token\n1\t2\n1\t3\n",
+                          "dupcol": b"user_id:token\titem_id:token\titem_id:token\ttimestamp:float\n1\t2\t2\t3\n",
+                          "floatitem": b"user_id:token\titem_id:float\ttimestamp:float\n1\t2\t3\n",
+                          "uidcol": b"uid:token\titem_id:token\ttimestamp:float\n1\t2\t3\n",
+                          "nantime": (HEADER + "1\t2\t3\n1\t3\tnan\n1\t4\tinf\n1\t5\t6\n").encode(),
+                          "emptytime": (HEADER + "1\t2\t3\n1\t3\t\n").encode(),
+                          "twoeach": (HEADER + "".join(f"{u}\t{2 * u + i}\t{i}\n" for u in range(9)
+                                                       for i in (1, 2))).encode(),
+                          }.items():
         (data / name).mkdir(parents=True)
         (data / name / f"{name}.inter").write_bytes(content)
     (data / "nointer").mkdir()
@@ -436,6 +477,24 @@ def test_duplicated_interactions_are_counted_and_dropped(artifacts, tmp_path, ca
         assert warned == ([] if name == "clean" else ["mlcopy.inter: 200 duplicated interactions (equal in every "
                                                        "loaded column) dropped, the first of each kept"])
     assert results["dup"]["test_result"] == results["clean"]["test_result"]
+
+
+def test_users_too_short_to_be_tested_are_counted(tmp_path, caplog):
+    """Leave-one-out tests a user with at least 3 interactions: 4 users with 1 or 2 (of 12) are
+    one warning with the count; they only train, and the 8 others are tested."""
+    from recbole_etegrec.quick_start import run
+
+    folder = tmp_path / "short"
+    folder.mkdir()
+    rows = [(u, (u * 3 + i) % 15 + 1, i) for u in range(12) for i in range(1 if u < 2 else 2 if u < 4 else 6)]
+    (folder / "short.inter").write_text(HEADER + "".join(f"u{u}\ti{i}\t{t}\n" for u, i, t in rows))
+    result = run("SASRec", "short", config_dict={
+        "data_path": str(tmp_path), "state": "WARNING", "checkpoint_dir": str(tmp_path / "saved"), "epochs": 1,
+        "show_progress": False, "hidden_size": 16, "inner_size": 32, "topk": [5, 10]})
+    warned = [r.getMessage() for r in caplog.records if "too few interactions" in r.getMessage()]
+    assert warned == ["short.inter: 4 of 12 users have too few interactions to be tested (eval_args.split): "
+                      "training data at most"]
+    assert len(result["test_per_user"]["users"]) == 8
 
 
 def test_corrupt_tokenizer_cache_is_rebuilt(tiny_config_dict, tmp_path, caplog):

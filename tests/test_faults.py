@@ -56,13 +56,26 @@ def _worker(mode, config_dict):
             return check(self, loss)
 
         ResumableTrainerMixin._check_nan = killing_check
+    elif mode == "same_second":  # RecBole's clock stamps (checkpoint and log names) frozen to one second
+        import recbole.trainer.trainer
+        import recbole.utils.logger
+
+        def frozen():
+            return "Dec-03-2026_12-00-00"
+
+        recbole.trainer.trainer.get_local_time = recbole.utils.logger.get_local_time = frozen
     model = config_dict.pop("model")
-    run(model, "ml-100k", config_dict=config_dict)
+    result = run(model, "ml-100k", config_dict=config_dict)
+    print(json.dumps({"saved_model_file": result["saved_model_file"], "test_result": result["test_result"]}))
+
+
+def _worker_command(model, config_dict, mode):
+    return [sys.executable, __file__, mode, json.dumps({**config_dict, "model": model})]
 
 
 def _killed_run(model, config_dict, mode):
-    proc = subprocess.run([sys.executable, __file__, mode, json.dumps({**config_dict, "model": model})],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600, env=ENV)
+    proc = subprocess.run(_worker_command(model, config_dict, mode), capture_output=True, text=True, cwd=ROOT,
+                          timeout=600, env=ENV)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
 
 
@@ -137,6 +150,93 @@ def test_kill_mid_epoch_then_resume_equals_uninterrupted_run(tiny_config_dict, t
     print("\nuninterrupted", uninterrupted["best_valid_score"], uninterrupted["test_result"],
           "\nresumed", resumed["best_valid_score"], resumed["test_result"],
           "\ncache hit", cache_hit["test_result"])
+
+
+SASREC_TINY = {"debug": True, "debug_samples": 40, "show_progress": False, "epochs": 2, "hidden_size": 16,
+               "inner_size": 32, "state": "WARNING"}
+
+
+def test_two_runs_started_in_one_second_keep_their_own_files(tmp_path, one_thread):
+    """Two SASRec runs (seeds 1 and 2) in one checkpoint_dir and one working folder, started
+    together with RecBole's clock frozen to one second: each keeps its own best and last
+    checkpoint and its own log, and each reports the metrics it gets alone."""
+    from recbole_etegrec.quick_start import run
+
+    shared = str(tmp_path / "saved")
+    configs = [{**SASREC_TINY, "seed": seed, "checkpoint_dir": shared} for seed in (1, 2)]
+    procs = [subprocess.Popen(_worker_command("SASRec", c, "same_second"), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=ENV) for c in configs]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    files = [r["saved_model_file"] for r in results]
+    assert len(set(files)) == 2 and all("Dec-03-2026_12-00-00-" in f for f in files), files
+    assert len(glob.glob(os.path.join(shared, "SASRec-*.pth"))) == 4  # two best, two last
+    for path, config in zip(files, configs):
+        assert _state(path)["config"]["seed"] == config["seed"]
+        assert _state(path.replace(".pth", "-last.pth"))["config"]["seed"] == config["seed"]
+    logs = [os.path.basename(p) for p in glob.glob(str(tmp_path / "log" / "SASRec" / "*.log"))]
+    run_ids = [os.path.basename(f)[len("SASRec-Dec-03-2026_12-00-00-"):-len(".pth")] for f in files]
+    assert len(logs) == 2 and all(sum(f"_12-00-00-{i}-" in log for log in logs) == 1 for i in run_ids), logs
+    for result, config in zip(results, configs):
+        folder = str(tmp_path / f"alone{config['seed']}")
+        alone = run("SASRec", "ml-100k", config_dict={**config, "checkpoint_dir": folder})
+        assert alone["test_result"] == pytest.approx(result["test_result"], abs=1e-12)
+    assert results[0]["test_result"] != results[1]["test_result"]  # the two runs really differ
+
+
+def test_one_config_started_twice_in_one_second_logs_to_two_files(tmp_path, monkeypatch):
+    import logging
+
+    import recbole.utils.logger
+
+    from recbole_etegrec import compat
+    from recbole_etegrec.config import Config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(recbole.utils.logger, "get_local_time", lambda: "Dec-03-2026_12-00-00")
+    config = Config(model="SASRec", dataset="ml-100k", config_dict={"state": "INFO"})
+    root = logging.getLogger()
+    kept = list(root.handlers)
+    try:
+        for run_id in ("aaaaaa", "bbbbbb"):
+            root.handlers = []  # a fresh process each time: RecBole's basicConfig adds its handlers once
+            compat.init_logger(config, run_id)
+            logging.getLogger().info(f"run {run_id}")
+            for handler in root.handlers:
+                handler.flush()
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers = kept
+    logs = sorted(glob.glob(str(tmp_path / "log" / "SASRec" / "*.log")))
+    assert [os.path.basename(p).split("-")[-2] for p in logs] == ["aaaaaa", "bbbbbb"], logs
+    assert ["run aaaaaa" in open(p).read() for p in logs] == [True, False]
+
+
+def test_a_resumed_run_writes_only_into_its_own_checkpoint_dir(tmp_path):
+    """Resuming another folder's -last.pth writes copies in the new --checkpoint_dir and leaves the
+    original files untouched; resuming a read-only -last.pth in its own folder stops before any
+    epoch with one line (the run would replace it)."""
+    from recbole_etegrec.errors import EtegrecError
+    from recbole_etegrec.quick_start import run
+
+    first = str(tmp_path / "first")
+    run("SASRec", "ml-100k", config_dict={**SASREC_TINY, "checkpoint_dir": first})
+    last = _last_file(first, "SASRec")
+    before = {p: (os.path.getmtime(p), _state(p)["epoch"]) for p in glob.glob(os.path.join(first, "*.pth"))}
+    second = str(tmp_path / "second")
+    resumed = run("SASRec", "ml-100k", config_dict={**SASREC_TINY, "epochs": 4, "checkpoint_dir": second,
+                                                    "resume_file": last})
+    assert {p: (os.path.getmtime(p), _state(p)["epoch"]) for p in glob.glob(os.path.join(first, "*.pth"))} == before
+    assert os.path.dirname(resumed["saved_model_file"]) == second
+    assert _state(_last_file(second, "SASRec"))["epoch"] == 3 and resumed["test_result"]
+
+    os.chmod(last, 0o444)
+    with pytest.raises(EtegrecError, match="resume_file '.*-last.pth' is read-only and this run would replace it"):
+        run("SASRec", "ml-100k", config_dict={**SASREC_TINY, "epochs": 4, "checkpoint_dir": first,
+                                              "resume_file": last})
+    assert {p: (os.path.getmtime(p), _state(p)["epoch"]) for p in glob.glob(os.path.join(first, "*.pth"))} == before
 
 
 if __name__ == "__main__":

@@ -215,3 +215,49 @@ def test_sasrec_runs_on_a_prepared_dataset_with_the_protocol_metrics(tmp_path):
     result = run("SASRec", "Toy", config_dict={"data_path": str(out), "epochs": 1, "show_progress": False,
                                                "state": "WARNING", "checkpoint_dir": str(tmp_path / "saved")})
     assert set(result["test_result"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
+
+
+# -- ids RecBole's atomic files cannot hold: refused with the record and a count, nothing written --
+@pytest.mark.parametrize("seqs,fragment", [
+    ({"0": [0, True, 1, False]}, '2 records have an id RecBole cannot hold (first: user "0": item 1 is true)'),
+    ({"0": [0, None]}, "1 records have an id RecBole cannot hold (first: user \"0\": item 1 is null)"),
+    ({"a\tb": [0, 1], "": [1]},
+     "2 records have an id RecBole cannot hold (first: user \"a\\tb\": the user holds a TAB"),
+    ({"0": [0, 1.5]}, "(first: user \"0\": item 1 is 1.5)"),
+], ids=["json_booleans", "null_item", "tab_and_empty_user", "float_item"])
+def test_lcrec_ids_that_cannot_be_written_are_refused(tmp_path, seqs, fragment):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "Toy.inter.json").write_text(json.dumps(seqs))
+    with pytest.raises(EtegrecError) as err:
+        prepare(src, "Toy", tmp_path / "out")
+    assert fragment in str(err.value) and "fix the source or drop those records" in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("records,fragment", [
+    ([{"reviewerID": None, "asin": "i1", "unixReviewTime": 1},
+      {"reviewerID": "u1", "asin": "i1", "unixReviewTime": 2}],
+     "1 records have an id RecBole cannot hold (first: line 1: reviewerID is null)"),
+    ([{"reviewerID": "u1", "asin": "i\n1", "unixReviewTime": 1},
+      {"reviewerID": "u\t2", "asin": "i1", "unixReviewTime": 2},
+      {"reviewerID": "u3", "asin": ["i1"], "unixReviewTime": 3}],
+     "3 records have an id RecBole cannot hold (first: line 1: asin holds a TAB or line break ('i\\n1'))"),
+], ids=["null_user", "newline_tab_list"])
+def test_amazon_ids_that_cannot_be_written_are_refused(tmp_path, records, fragment):
+    src = tmp_path / "raw"
+    src.mkdir()
+    write_gz(src / "Foo_5.json.gz", records)
+    with pytest.raises(EtegrecError) as err:
+        prepare(src, "Foo", tmp_path / "out", kcore=1)
+    assert fragment in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_integer_ids_are_written_as_they_are(tmp_path):
+    src = tmp_path / "raw"
+    src.mkdir()
+    write_gz(src / "Foo_5.json.gz", [{"reviewerID": 7, "asin": 1001, "unixReviewTime": 1},
+                                     {"reviewerID": 7, "asin": 1002, "unixReviewTime": 2}])
+    stats = prepare(src, "Foo", tmp_path / "out", kcore=1)
+    assert lines(stats["inter_path"])[1:] == ["7\t1001\t1", "7\t1002\t2"]

@@ -19,7 +19,7 @@ def build_parser(prog: str = PROG) -> ArgumentParser:
     parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (default ml-100k)")
     parser.add_argument("--config_files", help="comma-separated property files, later wins")
     parser.add_argument("--debug", action="store_true", help="keep only --debug_samples users")
-    parser.add_argument("--debug_samples", type=int, default=1000, help="users kept by --debug")
+    parser.add_argument("--debug_samples", type=int, help="users kept by --debug (default: the debug_samples key)")
     parser.add_argument("--benchmark_dir", help="write results.md/.csv/.png here (with --model_list)")
     parser.add_argument("--budget", help="with --benchmark_dir: budget file, or name in properties/benchmark/ "
                                          "(default: the dataset's)")
@@ -38,7 +38,9 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
         from recbole_etegrec.benchmark import run_models
 
         config_files = [f for f in (args.config_files or "").split(",") if f]
-        config_dict = {"debug": True, "debug_samples": args.debug_samples} if args.debug else None
+        # only what was given: a property file's debug_samples is not replaced by a parser default
+        config_dict = {**({"debug": True} if args.debug else {}),
+                       **({"debug_samples": args.debug_samples} if args.debug_samples is not None else {})} or None
         models = (args.model_list or args.model).split(",")
         results = run_models(models, args.dataset, config_files, config_dict, overrides,
                              benchmark_dir=args.benchmark_dir, budget=args.budget)

@@ -67,8 +67,9 @@ def keep_first_users(dataset, n_users) -> "Dataset":
 
 def data_preparation(config, dataset) -> Tuple["AbstractDataLoader", "AbstractDataLoader", "AbstractDataLoader"]:
     model_class = config.model_class  # set by RecBole's Config; no model module is imported here
+    users = dataset.inter_feat[dataset.uid_field].nunique()  # before build() turns rows into samples
     if not getattr(model_class, "uses_item_codes", False):
-        return recbole_data_preparation(config, dataset)
+        return check_split(dataset, users, *recbole_data_preparation(config, dataset))
     train_mode = config["train_mode"]
     if train_mode not in model_class.train_modes:
         raise EtegrecError(f"config key 'train_mode' is {train_mode!r}, but {config['model']} trains in "
@@ -80,6 +81,25 @@ def data_preparation(config, dataset) -> Tuple["AbstractDataLoader", "AbstractDa
                                    train_mode=train_mode)
     valid = eval_loader(config, "valid", built[1], samplers[1], slot)
     test = eval_loader(config, "test", built[2], samplers[2], slot)
+    return check_split(dataset, users, train, valid, test)
+
+
+def check_split(dataset, users, train, valid, test) -> Tuple[
+        "AbstractDataLoader", "AbstractDataLoader", "AbstractDataLoader"]:
+    """Users too short for the split (leave-one-out needs a few interactions per user) only train:
+    their count is a warning; a split whose validation or test part is empty is one error line
+    (RecBole would train, then fail at evaluation)."""
+    for phase, loader in (("validation", valid), ("test", test)):
+        if loader is None:
+            continue
+        part = loader._dataset.inter_feat[dataset.uid_field].unique()
+        if len(part) == 0:
+            raise EtegrecError(f"{dataset.dataset_name}.inter: the {phase} split of its {users} users is empty "
+                               "(leave-one-out holds out a user's last items only when the user has enough of "
+                               "them): add interactions or change eval_args")
+        if phase == "test" and len(part) < users:
+            getLogger().warning(f"{dataset.dataset_name}.inter: {users - len(part)} of {users} users have "
+                                "too few interactions to be tested (eval_args.split): training data at most")
     return train, valid, test
 
 

@@ -1,4 +1,5 @@
 """Checks on RecBole atomic files before RecBole reads them, so bad input fails with one clear line."""
+import math
 import os
 
 from recbole_etegrec.errors import EtegrecError
@@ -25,6 +26,9 @@ def check_inter_file(config) -> str:
     lines = _read_lines(path)
     if not lines:
         raise EtegrecError(f"{path} is empty: line 1 must be a header like user_id:token<TAB>item_id:token")
+    if lines[0].startswith("\ufeff"):
+        raise EtegrecError(f"{path} starts with a UTF-8 byte-order mark, which RecBole reads into the first column's "
+                           "name: save it as UTF-8 without BOM (e.g. sed -i '1s/^\\xEF\\xBB\\xBF//' FILE)")
     header = lines[0].split(sep)
     types = []
     for column in header:
@@ -35,6 +39,11 @@ def check_inter_file(config) -> str:
                 f"{sorted(_TYPES)}; fix the header"
             )
         types.append(ftype)
+    names = [column.partition(":")[0] for column in header]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise EtegrecError(f"{path}: line 1 names column '{twice[0]}' more than once; keep one column per name")
+    time_column = check_fields(config, path, dict(zip(names, types)))
     if not any(line.strip() for line in lines[1:]):
         raise EtegrecError(f"{path} has a header but no interactions: write at least one line per user")
     for lineno, line in enumerate(lines[1:], start=2):
@@ -53,7 +62,59 @@ def check_inter_file(config) -> str:
                         f"{path}: line {lineno} column '{column}' holds '{value}', not a number; "
                         "fix or delete that line"
                     ) from None
+    if time_column is not None:
+        check_times(path, [line.split(sep)[time_column] for line in lines[1:]], header[time_column])
     return path
+
+
+def _key(config, key, default=None):
+    """``config[key]`` for a RecBole Config or a plain dict (tests, prepare)."""
+    try:
+        value = config[key]
+    except KeyError:
+        return default
+    return default if value is None else value
+
+
+def check_fields(config, path, columns) -> "int | None":
+    """The user and item columns exist as tokens, ``load_col`` reads them, and a time-ordered
+    split has a float time column; returns the time column's index when the split orders by it."""
+    fields = {"USER_ID_FIELD": _key(config, "USER_ID_FIELD", "user_id"),
+              "ITEM_ID_FIELD": _key(config, "ITEM_ID_FIELD", "item_id")}
+    ordered = str((_key(config, "eval_args", {}) or {}).get("order", "")).upper() == "TO"
+    if ordered:
+        fields["TIME_FIELD"] = _key(config, "TIME_FIELD", "timestamp")
+    for key, field in fields.items():
+        if field not in columns:
+            fix = ("add a timestamp:float column (for rows already in time order, 0, 1, 2, ... keeps that order) "
+                   "or set TIME_FIELD to your time column" if key == "TIME_FIELD" else f"set {key} to your column")
+            why = " (eval_args.order TO orders each user's interactions by it)" if key == "TIME_FIELD" else ""
+            raise EtegrecError(f"{path} has no '{field}' column ({key}){why}: {fix}; its header is "
+                               f"{', '.join(f'{n}:{t}' for n, t in columns.items())}")
+        wanted = "float" if key == "TIME_FIELD" else "token"
+        if columns[field] != wanted:
+            raise EtegrecError(f"{path}: column '{field}:{columns[field]}' ({key}) must be '{field}:{wanted}' "
+                               f"({'ids are names, not numbers' if wanted == 'token' else 'times are numbers'}): "
+                               "fix the header")
+    load_col = _key(config, "load_col", {}) or {}
+    read = load_col.get("inter") if isinstance(load_col, dict) else None
+    if read is not None:
+        missing = [f"'{field}' ({key})" for key, field in fields.items() if field not in read]
+        if missing:
+            raise EtegrecError(f"config key 'load_col' reads inter columns {list(read)} without {', '.join(missing)}: "
+                               "add it to load_col.inter")
+    return list(columns).index(fields["TIME_FIELD"]) if ordered else None
+
+
+def check_times(path, values, column) -> None:
+    """Every interaction has a finite time: an empty, NaN or inf time would sort the row anywhere
+    (NaN last: it would become the user's test target)."""
+    bad = [lineno for lineno, value in enumerate(values, start=2) if not value.strip()
+           or not math.isfinite(float(value))]
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+        raise EtegrecError(f"{path}: {len(bad)} lines have an empty, NaN or inf '{column}' (lines {shown}): "
+                           "give every interaction a finite time or delete those lines")
 
 
 def _read_lines(path):

@@ -49,6 +49,36 @@ _FIX_SOURCE = ("pass a folder (or file) holding <X>.inter.json (LC-Rec JSON) or 
                "<Category>_5.json.gz (raw Amazon 2018)")
 
 
+class TokenCheck:
+    """Collects the ids a source holds that RecBole's atomic files cannot hold faithfully: missing
+    (null), empty, not a string or integer (``true``, ``1.5``, a list), or holding a TAB, newline or
+    carriage return (the field and line separators). ``raise_if_any`` then names the first record
+    and the count: a run on a silently rewritten id would recommend another item."""
+
+    def __init__(self, path):
+        self.path, self.bad, self.first = path, 0, None
+
+    def __call__(self, value, what, record) -> str:
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            problem = f"is {json.dumps(value) if value is None or isinstance(value, bool) else repr(value)}"
+        elif isinstance(value, str) and not value.strip():
+            problem = "is empty"
+        elif isinstance(value, str) and any(c in value for c in "\t\n\r"):
+            problem = f"holds a TAB or line break ({value!r})"
+        else:
+            return str(value)
+        self.bad += 1
+        if self.first is None:
+            self.first = f"{record}: {what} {problem}"
+        return ""
+
+    def raise_if_any(self) -> None:
+        if self.bad:
+            raise EtegrecError(f"{self.path}: {self.bad} records have an id RecBole cannot hold (first: {self.first}); "
+                               "ids must be non-empty strings or integers without TAB or line breaks: fix the source "
+                               "or drop those records")
+
+
 def detect(source) -> Tuple[str, Path]:
     """Return ``(kind, path)`` with kind ``"lcrec"`` or ``"amazon"`` and path the main input file."""
     source = Path(source)
@@ -121,17 +151,22 @@ def read_lcrec(path) -> Tuple[List[Tuple[str, str, int]], Optional[Dict[str, Dic
                            "this is not an LC-Rec interaction file")
     items = _load_index_map(stem + ".item2id") if os.path.isfile(stem + ".item2id") else None
     users = _load_index_map(stem + ".user2id") if os.path.isfile(stem + ".user2id") else None
-    rows, name = [], Path(stem).name
+    rows, name, check = [], Path(stem).name, TokenCheck(path)
     for user, seq in seqs.items():
         if users is not None and not (user.isdigit() and int(user) in users):
             raise EtegrecError(f"{path}: user '{user}' is not an index listed in {name}.user2id; "
                                "fix the source files")
-        token = users[int(user)] if users is not None else user
+        token = check(users[int(user)] if users is not None else user, "the user", f"user {json.dumps(user)}")
         for pos, item in enumerate(seq):  # pos is the pseudo-time: the files carry no timestamps
-            if not isinstance(item, int) or (items is not None and item not in items):
+            if isinstance(item, bool) or not isinstance(item, int):  # JSON true is a Python int
+                check(item, f"item {pos}", f"user {json.dumps(user)}")
+                continue
+            if items is not None and item not in items:
                 raise EtegrecError(f"{path}: user '{user}' has item '{item}' that is not an index "
                                    f"listed in {name}.item2id; fix the source files")
-            rows.append((token, items[item] if items is not None else str(item), pos))
+            rows.append((token, check(items[item], f"item {pos}", f"user {json.dumps(user)}")
+                         if items is not None else str(item), pos))
+    check.raise_if_any()
     text = None
     if os.path.isfile(stem + ".item.json"):
         meta = _load_json(stem + ".item.json")
@@ -165,20 +200,24 @@ def _read_gz_lines(path, required):
                 if missing:
                     raise EtegrecError(f"{path}: line {lineno} lacks {', '.join(missing)}; this is "
                                        "not an Amazon 2018 file, or it is damaged")
-                yield record
+                yield lineno, record
     except (OSError, EOFError, UnicodeDecodeError) as err:
         raise EtegrecError(f"{path}: cannot read it as gzip text ({err}); re-download it") from None
 
 
 def read_amazon(path, kcore) -> Tuple[List[Tuple[str, str, int]], Optional[Dict[str, Dict[str, str]]]]:
     """Raw Amazon 2018 -> (rows of (user, item, unix time), {item: text fields} or None)."""
-    rows = []
-    for r in _read_gz_lines(path, ("reviewerID", "asin", "unixReviewTime")):
+    rows, check = [], TokenCheck(path)
+    for lineno, r in _read_gz_lines(path, ("reviewerID", "asin", "unixReviewTime")):
+        user, item = check(r["reviewerID"], "reviewerID", f"line {lineno}"), check(r["asin"], "asin", f"line {lineno}")
         try:
-            rows.append((str(r["reviewerID"]), str(r["asin"]), int(r["unixReviewTime"])))
+            time = int(r["unixReviewTime"])
         except (TypeError, ValueError):
-            raise EtegrecError(f"{path}: unixReviewTime '{r['unixReviewTime']}' is not an integer "
-                               "time; repair the file") from None
+            raise EtegrecError(f"{path}: line {lineno}: unixReviewTime '{r['unixReviewTime']}' is not an "
+                               "integer time; repair the file") from None
+        if user and item:
+            rows.append((user, item, time))
+    check.raise_if_any()
     user_rank = {}
     for user, _, _ in rows:  # users are written in order of first appearance in the file
         user_rank.setdefault(user, len(user_rank))
@@ -202,7 +241,7 @@ def read_amazon(path, kcore) -> Tuple[List[Tuple[str, str, int]], Optional[Dict[
     if not meta_path.is_file():
         return rows, None
     used, text = {r[1] for r in rows}, {}
-    for meta in _read_gz_lines(meta_path, ("asin",)):
+    for _, meta in _read_gz_lines(meta_path, ("asin",)):
         if meta["asin"] in used and meta["asin"] not in text:
             text[meta["asin"]] = _item_row(meta)
     ordered = {}

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import yaml
 
+from recbole_etegrec.config import RUN_ONLY_KEYS
 from recbole_etegrec.errors import EtegrecError
 from recbole_etegrec.io import atomic_write, remove_stale_tmp
 from recbole_etegrec.registry import properties_dir
@@ -35,13 +36,6 @@ from recbole_etegrec.tokenizer.text import TEXT_MAX_LENGTH, encode_texts, read_i
 SOURCES = ("sasrec", "text", "file")
 SOURCE_KEY_PREFIXES = {"sasrec": ("item_emb_source", "sasrec_"), "text": ("item_emb_source", "text_"),
                        "file": ("item_emb_",)}
-# Keys that never change what is computed: where things are written, logging, devices, processes.
-RUN_ONLY_KEYS = {
-    "checkpoint_dir", "show_progress", "use_gpu", "gpu_id", "device", "state", "log_wandb", "wandb_project",
-    "local_rank", "single_spec", "world_size", "nproc", "offset", "ip", "port", "data_path", "log_tensorboard",
-    "tokenizer_path", "benchmark_filename", "worker", "eval_batch_size", "resume_file",
-    "protocol_file", "dataset_config_file", "config_files",
-}
 # RecBole data keys handed to the SASRec config, so its split and filtering equal the caller's.
 _DATA_KEYS = (
     "MAX_ITEM_LIST_LENGTH", "load_col", "unload_col", "unused_col", "eval_args", "debug", "debug_samples",

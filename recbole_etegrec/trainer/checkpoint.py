@@ -2,13 +2,16 @@
 trainer the pipeline builds (RecBole's, TIGER's, ETEGRec's).
 
 * Every checkpoint is written atomically (``io.atomic_torch_save``): a kill leaves the old file.
-* Beside RecBole's ``best`` checkpoint (``<Model>-<time>.pth``, written when validation improves)
-  a ``last`` checkpoint (``<Model>-<time>-last.pth``) is written after every epoch. It holds the
+* Beside RecBole's ``best`` checkpoint (``<Model>-<time>-<run id>.pth``, written when validation
+  improves; the run id keeps runs started in one second apart) a ``last`` checkpoint
+  (``<...>-last.pth``) is written after every epoch. It holds the
   model, code table, every optimizer and scheduler, the epoch, the early-stopping state and the
   RNG states (python, numpy, torch, the train loader's shuffle generator), so
   ``--resume_file=<...>-last.pth`` continues exactly where the uninterrupted run would be.
   It is written at the start of the next epoch (the state there equals "after epoch e") and when
-  ``fit`` returns.
+  ``fit`` returns. A resumed run keeps writing the files it resumed from when they are in its
+  ``checkpoint_dir``, and otherwise writes copies of them there (never into another folder); its
+  settings must equal the checkpoint's except ``RESUME_FREE_KEYS`` (``resume_changes``).
 * With ``llama_path`` both are lean (``trainer/lean.py``): the frozen base weights are left out and
   reloaded from ``llama_path``, whose ``config.json`` fingerprint the checkpoint records.
 * A NaN/inf batch loss, or one above ``LOSS_EXPLOSION`` x the first loss of its phase, stops the
@@ -16,14 +19,16 @@ trainer the pipeline builds (RecBole's, TIGER's, ETEGRec's).
 """
 import math
 import os
-from typing import Optional, Tuple
+import shutil
+from typing import List, Optional, Tuple
 
 import torch
 from recbole.utils import set_color
 
 from recbole_etegrec import distributed
+from recbole_etegrec.config import RESUME_FREE_KEYS
 from recbole_etegrec.errors import EtegrecError
-from recbole_etegrec.io import atomic_torch_save, remove_stale_tmp
+from recbole_etegrec.io import atomic_path, atomic_torch_save, check_file_writable, new_run_id, remove_stale_tmp
 from recbole_etegrec.rng import get_rng_state, set_rng_state
 from recbole_etegrec.trainer.lean import first_error_line, lean_metadata, lean_state_dict, load_model_state
 
@@ -47,8 +52,11 @@ class ResumableTrainerMixin:
 
     def __init__(self, config, model):
         super().__init__(config, model)
-        # every rank names the checkpoint from its own clock: take rank 0's, the file it writes
-        self.saved_model_file = distributed.broadcast_from_rank0(self.saved_model_file)
+        # RecBole names it <Model>-<second>.pth: runs started in one second would share the file.
+        # Every rank names it from its own clock and id: take rank 0's, the file it writes.
+        root, ext = os.path.splitext(self.saved_model_file)
+        run_id = getattr(config, "run_id", None) or new_run_id()
+        self.saved_model_file = distributed.broadcast_from_rank0(f"{root}-{run_id}{ext}")
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False) -> Optional[dict]:
         if load_best_model and eval_data:
@@ -188,11 +196,7 @@ class ResumableTrainerMixin:
     def resume_checkpoint(self, resume_file) -> None:
         resume_file = str(resume_file)
         checkpoint = read_checkpoint(resume_file, self.device)
-        if checkpoint.get("model") != self.config["model"] and \
-                str(getattr(checkpoint.get("config"), "final_config_dict", {}).get("model")) != self.config["model"]:
-            found = checkpoint.get("model") or "another model"
-            raise EtegrecError(f"resume_file '{resume_file}' is a {found} checkpoint, not {self.config['model']}: "
-                               "give a checkpoint this model wrote")
+        check_checkpoint_model(checkpoint, self.config["model"], resume_file)
         try:
             load_model_state(self.model, checkpoint, resume_file, self.config["llama_path"],
                              label=f"resume_file '{resume_file}'", fix="resume with the config that wrote it")
@@ -207,16 +211,69 @@ class ResumableTrainerMixin:
         if checkpoint.get("last"):
             best = checkpoint.get("best_file")
             if best and os.path.isfile(best):
-                self.saved_model_file = best  # keep evaluating the run's best checkpoint
-            self.last_file = resume_file  # replaced atomically: never lost before the new one is complete
+                self.saved_model_file = self._own_copy(best)  # keep evaluating the run's best checkpoint
+            self.last_file = self._own_copy(resume_file, copy=False)  # replaced atomically after each epoch
             self.best_valid_result = checkpoint.get("best_valid_result")
             self.train_loss_dict = dict(checkpoint.get("train_loss_dict") or {})
             self._loss_ref = dict(checkpoint.get("loss_reference") or {})
             self.valid_history = [tuple(v) for v in checkpoint.get("valid_history") or []]
             self._pending_rng = {"rng": checkpoint["rng"], "loader_rng": checkpoint.get("loader_rng")}
         else:  # a best checkpoint (no RNG state): training continues after its epoch
-            self.saved_model_file = resume_file
-        self.logger.info(f"Resumed from {resume_file}; training continues at epoch {self.start_epoch}")
+            self.saved_model_file = self._own_copy(resume_file)
+        if self._is_writer():  # before any epoch: a read-only file or folder stops here, not after one
+            for path in (self.saved_model_file, self.last_file or last_checkpoint_path(self.saved_model_file)):
+                check_file_writable(path, "resume_file" if path == resume_file else "checkpoint_dir")
+        self.logger.info(f"Resumed from {resume_file}; training continues at epoch {self.start_epoch}, "
+                         f"writing {self.saved_model_file}")
+
+    def _own_copy(self, path, copy=True) -> str:
+        """``path`` itself when it lies in this run's ``checkpoint_dir`` (the same run continuing),
+        else the same name in ``checkpoint_dir``, copied there (``copy``) so that the best
+        checkpoint is there even if no later epoch improves on it."""
+        target = os.path.join(self.checkpoint_dir, os.path.basename(path))
+        if os.path.realpath(os.path.dirname(path)) == os.path.realpath(self.checkpoint_dir):
+            return path
+        if copy and self._is_writer() and os.path.realpath(path) != os.path.realpath(target):
+            os.makedirs(self.checkpoint_dir, exist_ok=True)
+            with atomic_path(target) as tmp:
+                shutil.copyfile(path, tmp)
+        return target
+
+
+def check_checkpoint_model(checkpoint, model, path) -> None:
+    if checkpoint.get("model") != model and \
+            str(getattr(checkpoint.get("config"), "final_config_dict", {}).get("model")) != model:
+        found = checkpoint.get("model") or "another model"
+        raise EtegrecError(f"resume_file '{path}' is a {found} checkpoint, not {model}: give a checkpoint this "
+                           "model wrote")
+
+
+def resume_changes(saved_config, config) -> List[str]:
+    """``key: saved -> now`` for every setting that differs between a checkpoint's config and this
+    run's, apart from ``RESUME_FREE_KEYS`` (output, logging, devices, epochs and stopping)."""
+    saved = dict(getattr(saved_config, "final_config_dict", None) or {})
+    now = config.final_config_dict
+    changes = []
+    for key in sorted(set(saved) | set(now)):
+        if key in RESUME_FREE_KEYS or str(key).startswith("_"):
+            continue
+        old, new = saved.get(key, "(absent)"), now.get(key, "(absent)")
+        if repr(old) != repr(new):
+            changes.append(f"{key}: {old!r} -> {new!r}")
+    return changes
+
+
+def check_resume_config(checkpoint, config) -> List[str]:
+    """One error line listing what changed since the checkpoint was written, before any data is
+    read; with ``resume_allow_change`` the changes are returned instead (the caller logs them)."""
+    check_checkpoint_model(checkpoint, config["model"], config["resume_file"])
+    changes = resume_changes(checkpoint.get("config"), config)
+    if changes and not config["resume_allow_change"]:
+        shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+        raise EtegrecError(f"resume_file '{config['resume_file']}' was trained with other settings "
+                           f"({shown}): resume with the settings that wrote it (only epochs, "
+                           "stopping, eval steps and output settings may change), or pass --resume_allow_change=True")
+    return changes
 
 
 def read_checkpoint(path, device="cpu") -> dict:

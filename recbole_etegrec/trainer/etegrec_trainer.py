@@ -72,8 +72,6 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
         self.start_health = tokenizer_health(model)  # the pretrained tokenizer (before any resume)
         self.health_history = []  # [{"epoch": e, **health}] of the start and of every tokenizer epoch
         self._last_batch = None
-        if self.distributed:  # every rank must read the checkpoint rank 0 writes
-            self.saved_model_file = distributed.broadcast_from_rank0(self.saved_model_file)
 
     def _build_optimizer(self, **kwargs):
         kind, wd = self.config["optimizer"], self.config["weight_decay"]
