@@ -102,7 +102,7 @@ def check_file_writable(path, key) -> None:
                            f"writable file and give that, or pass --checkpoint_dir=ANOTHER_FOLDER")
 
 
-def check_writable(folder, key) -> None:
+def check_writable(folder, key, fix=None) -> None:
     """Fail before training when an output folder cannot be created or written."""
     try:
         os.makedirs(folder, exist_ok=True)
@@ -111,5 +111,5 @@ def check_writable(folder, key) -> None:
             f.write("ok")
         os.remove(probe)
     except OSError as err:
-        raise EtegrecError(f"{key} '{folder}' is not writable ({err.strerror or err}): fix its "
-                           f"permissions or pass --{key}=ANOTHER_FOLDER") from None
+        raise EtegrecError(f"{key} '{folder}' is not writable ({err.strerror or err}): "
+                           f"{fix or f'fix its permissions or pass --{key}=ANOTHER_FOLDER'}") from None

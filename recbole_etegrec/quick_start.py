@@ -44,8 +44,10 @@ def load_split(config, identity=None, source=None) -> Tuple[
     code models get code-sequence loaders. With a checkpoint's ``identity`` (``data/identity.py``)
     the data is first renumbered to the checkpoint's user and item ids (``source`` names it)."""
     init_seed(config["seed"], config["reproducibility"])
-    # RecBole's init_logger creates ./log/<model> with a check-then-makedirs that races between ranks
-    os.makedirs(os.path.join("log", str(config["model"])), exist_ok=True)
+    # RecBole's init_logger creates ./log/<model> with a check-then-makedirs that races between ranks;
+    # it and RecBole's TensorBoard folder (./log_tensorboard) need a writable working directory
+    check_writable(os.path.join("log", str(config["model"])), "RecBole's log folder",
+                   fix="run from a writable working directory")
     if not getattr(config, "run_id", None):  # names this run's log and checkpoints (rank 0's under DDP)
         config.run_id = distributed.broadcast_from_rank0(new_run_id())
     compat.init_logger(config, config.run_id)

@@ -170,6 +170,8 @@ CASES = [
      "nantime.inter: 2 lines have an empty, NaN or inf 'timestamp:float' (lines 3, 4)"),
     ("inter_empty_time", "TIGER", ["--dataset", "emptytime", "--data_path={data}"],
      "emptytime.inter: 1 lines have an empty, NaN or inf 'timestamp:float' (lines 3)"),
+    ("inter_empty_item", "Pop", ["--dataset", "emptyitem", "--data_path={data}"],
+     "emptyitem.inter: 2 lines have an empty 'item_id:token' (lines 3, 4): give every interaction a user and an item"),
     ("load_col_no_item", "SASRec", ["--load_col={{'inter':['user_id','timestamp']}}"],
      "config key 'load_col' reads inter columns ['user_id', 'timestamp'] without 'item_id' (ITEM_ID_FIELD)"),
     ("load_col_no_time", "ETEGRec", ["--load_col={{'inter':['user_id','item_id']}}"],
@@ -266,6 +268,7 @@ def artifacts(tiny_config_dict, tmp_path_factory):
                           "uidcol": b"uid:token\titem_id:token\ttimestamp:float\n1\t2\t3\n",
                           "nantime": (HEADER + "1\t2\t3\n1\t3\tnan\n1\t4\tinf\n1\t5\t6\n").encode(),
                           "emptytime": (HEADER + "1\t2\t3\n1\t3\t\n").encode(),
+                          "emptyitem": (HEADER + "1\t2\t3\n1\t \t4\n2\t\t5\n").encode(),
                           "twoeach": (HEADER + "".join(f"{u}\t{2 * u + i}\t{i}\n" for u in range(9)
                                                        for i in (1, 2))).encode(),
                           }.items():
@@ -529,3 +532,16 @@ def test_corrupt_embedding_cache_is_rebuilt(tmp_path, monkeypatch, caplog):
     emb = embeddings.load_item_embeddings(config, dataset)
     assert any("unreadable" in r.getMessage() for r in caplog.records)
     assert torch.equal(torch.from_numpy(np.load(cache)), emb) and emb[0].abs().sum() == 0
+
+
+def test_an_unwritable_working_directory_is_one_line(tmp_path):
+    """RecBole writes ./log and ./log_tensorboard: a working directory where 'log' cannot be a
+    folder stops before any data is read, with one line."""
+    (tmp_path / "log").write_text("a file where RecBole's log folder should be")
+    proc = subprocess.run([sys.executable, str(ROOT / "run_recbole_etegrec.py"), "--model", "Pop",
+                           "--dataset", "ml-100k", f"--checkpoint_dir={tmp_path / 'saved'}"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={"RECBOLE_ETEGREC_NO_TCMALLOC": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
+    assert "RecBole's log folder 'log/Pop' is not writable" in errors[0] and "writable working directory" in errors[0]

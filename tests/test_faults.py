@@ -214,6 +214,20 @@ def test_one_config_started_twice_in_one_second_logs_to_two_files(tmp_path, monk
     assert ["run aaaaaa" in open(p).read() for p in logs] == [True, False]
 
 
+def test_resume_changes_ignore_run_keys_and_dict_order():
+    from types import SimpleNamespace
+
+    from recbole_etegrec.trainer.checkpoint import resume_changes
+
+    saved = SimpleNamespace(final_config_dict={
+        "llama_config": {"hidden_size": 32, "num_hidden_layers": 2}, "seed": 1, "epochs": 3, "checkpoint_dir": "a",
+        "old_key": 5})
+    now = SimpleNamespace(final_config_dict={
+        "llama_config": {"num_hidden_layers": 2, "hidden_size": 32}, "seed": 2, "epochs": 9, "checkpoint_dir": "b",
+        "new_key": [1]})
+    assert resume_changes(saved, now) == ["new_key: (absent) -> [1]", "old_key: 5 -> (absent)", "seed: 1 -> 2"]
+
+
 def test_a_resumed_run_writes_only_into_its_own_checkpoint_dir(tmp_path):
     """Resuming another folder's -last.pth writes copies in the new --checkpoint_dir and leaves the
     original files untouched; resuming a read-only -last.pth in its own folder stops before any

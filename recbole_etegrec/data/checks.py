@@ -43,7 +43,7 @@ def check_inter_file(config) -> str:
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise EtegrecError(f"{path}: line 1 names column '{twice[0]}' more than once; keep one column per name")
-    time_column = check_fields(config, path, dict(zip(names, types)))
+    fields = check_fields(config, path, dict(zip(names, types)))
     if not any(line.strip() for line in lines[1:]):
         raise EtegrecError(f"{path} has a header but no interactions: write at least one line per user")
     for lineno, line in enumerate(lines[1:], start=2):
@@ -62,8 +62,9 @@ def check_inter_file(config) -> str:
                         f"{path}: line {lineno} column '{column}' holds '{value}', not a number; "
                         "fix or delete that line"
                     ) from None
-    if time_column is not None:
-        check_times(path, [line.split(sep)[time_column] for line in lines[1:]], header[time_column])
+    rows = [line.split(sep) for line in lines[1:]]
+    for key, column in fields.items():
+        check_values(path, [row[column] for row in rows], header[column], time=key == "TIME_FIELD")
     return path
 
 
@@ -76,9 +77,9 @@ def _key(config, key, default=None):
     return default if value is None else value
 
 
-def check_fields(config, path, columns) -> "int | None":
+def check_fields(config, path, columns) -> dict:
     """The user and item columns exist as tokens, ``load_col`` reads them, and a time-ordered
-    split has a float time column; returns the time column's index when the split orders by it."""
+    split has a float time column; returns ``{key: column index}`` of these fields."""
     fields = {"USER_ID_FIELD": _key(config, "USER_ID_FIELD", "user_id"),
               "ITEM_ID_FIELD": _key(config, "ITEM_ID_FIELD", "item_id")}
     ordered = str((_key(config, "eval_args", {}) or {}).get("order", "")).upper() == "TO"
@@ -103,18 +104,20 @@ def check_fields(config, path, columns) -> "int | None":
         if missing:
             raise EtegrecError(f"config key 'load_col' reads inter columns {list(read)} without {', '.join(missing)}: "
                                "add it to load_col.inter")
-    return list(columns).index(fields["TIME_FIELD"]) if ordered else None
+    return {key: list(columns).index(field) for key, field in fields.items()}
 
 
-def check_times(path, values, column) -> None:
-    """Every interaction has a finite time: an empty, NaN or inf time would sort the row anywhere
-    (NaN last: it would become the user's test target)."""
+def check_values(path, values, column, time=False) -> None:
+    """Every interaction has a user, an item and (``time``) a finite time: RecBole reads an empty id
+    as one more user or item, and an empty, NaN or inf time sorts the row anywhere (NaN last: it
+    would become the user's test target)."""
     bad = [lineno for lineno, value in enumerate(values, start=2) if not value.strip()
-           or not math.isfinite(float(value))]
+           or (time and not math.isfinite(float(value)))]
     if bad:
         shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
-        raise EtegrecError(f"{path}: {len(bad)} lines have an empty, NaN or inf '{column}' (lines {shown}): "
-                           "give every interaction a finite time or delete those lines")
+        what = "an empty, NaN or inf" if time else "an empty"
+        raise EtegrecError(f"{path}: {len(bad)} lines have {what} '{column}' (lines {shown}): give every "
+                           f"interaction {'a finite time' if time else 'a user and an item'} or delete those lines")
 
 
 def _read_lines(path):

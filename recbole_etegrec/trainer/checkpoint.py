@@ -253,13 +253,19 @@ def resume_changes(saved_config, config) -> List[str]:
     run's, apart from ``RESUME_FREE_KEYS`` (output, logging, devices, epochs and stopping)."""
     saved = dict(getattr(saved_config, "final_config_dict", None) or {})
     now = config.final_config_dict
+    absent = object()
     changes = []
-    for key in sorted(set(saved) | set(now)):
+    for key in sorted(set(saved) | set(now), key=str):
         if key in RESUME_FREE_KEYS or str(key).startswith("_"):
             continue
-        old, new = saved.get(key, "(absent)"), now.get(key, "(absent)")
-        if repr(old) != repr(new):
-            changes.append(f"{key}: {old!r} -> {new!r}")
+        old, new = saved.get(key, absent), now.get(key, absent)
+        try:
+            same = bool(old == new)  # dicts equal whatever their key order
+        except (TypeError, ValueError):  # arrays and the like
+            same = repr(old) == repr(new)
+        if not same:
+            old, new = ("(absent)" if v is absent else repr(v) for v in (old, new))
+            changes.append(f"{key}: {old} -> {new}")
     return changes
 
 
