@@ -130,3 +130,28 @@ def test_tokenizer_health_is_pure_and_consistent():
     assert all(abs(h - math.log(4)) < 1e-5 for h in health["entropy"])
     assert health["recon"] >= 0 and "tokenizer health" in format_health(health)
 
+
+
+def test_a_real_offline_wandb_run_holds_etegrec_terms(tiny_config_dict, tmp_path, monkeypatch):
+    """With the ``[wandb]`` extra installed (not in the test install: skipped there), ``WANDB_MODE=
+    offline``: RecBole's W&B run directory ends with ETEGRec's loss terms and tokenizer health in
+    its summary, next to RecBole's own valid metrics."""
+    pytest.importorskip("wandb")
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run("ETEGRec", "ml-100k", config_dict={**tiny_config_dict, **ETEGREC, "log_tensorboard": False,
+                                           "checkpoint_dir": str(tmp_path / "saved")}, evaluate_test=False)
+    import wandb
+
+    wandb.finish()  # RecBole never finishes its run; the summary file is written here
+    summaries = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "files" / "wandb-summary.json"))
+    assert len(summaries) == 1, glob.glob(str(tmp_path / "wandb" / "*"))
+    with open(summaries[0], encoding="utf-8") as f:
+        summary = json.load(f)
+    for key in ("train/ETEGRec/rec_code_loss", "train/ETEGRec/collision_rate", "train/ETEGRec/utilization_l0",
+                "valid/ndcg@10"):
+        assert key in summary and math.isfinite(summary[key]), sorted(summary)
