@@ -84,15 +84,14 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None, 
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
                     config_dict=config_dict, cmd_args=cmd_args)
     check_writable(config["checkpoint_dir"], "checkpoint_dir")  # before hours of training, not after
-    resumed, changes, source = None, [], f"resume_file '{config['resume_file']}'"
-    if config["resume_file"] and not os.path.isfile(config["resume_file"]):
-        raise EtegrecError(f"resume_file '{config['resume_file']}' does not exist: give a checkpoint "
-                           "this model's trainer wrote (saved/<Model>-<time>-<run id>.pth or its -last.pth)")
+    checkpoint, changes, source = None, [], f"resume_file '{config['resume_file']}'"
     if config["resume_file"]:
-        checkpoint = read_checkpoint(config["resume_file"], "cpu")
+        if not os.path.isfile(config["resume_file"]):
+            raise EtegrecError(f"{source} does not exist: give a checkpoint this model's trainer wrote "
+                               "(saved/<Model>-<time>-<run id>.pth or its -last.pth)")
+        checkpoint = read_checkpoint(config["resume_file"], "cpu")  # read once: checked here, resumed below
         changes = check_resume_config(checkpoint, config)  # an error unless resume_allow_change
-        resumed = checkpoint.get("data")
-        del checkpoint
+    resumed = checkpoint.get("data") if checkpoint else None
     dataset, train_data, valid_data, test_data = load_data(config, resumed, source)
     identity = data_identity(dataset)  # every checkpoint of the run carries it
     check_same_data(resumed, identity, source)
@@ -108,7 +107,8 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None, 
     trainer = resumable(get_trainer(config["MODEL_TYPE"], config["model"]))(config, net)
     trainer.data_identity = identity
     if config["resume_file"]:
-        trainer.resume_checkpoint(config["resume_file"])  # continues at the epoch after it
+        trainer.resume_checkpoint(config["resume_file"], checkpoint)  # continues at the epoch after it
+        checkpoint = None
 
     fit_callback = None
     if callback_fn is not None:

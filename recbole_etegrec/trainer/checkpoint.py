@@ -193,9 +193,12 @@ class ResumableTrainerMixin:
                 f"value {reference:.4g} ({lr}): lower the learning rate; the best checkpoint so far is kept")
 
     # -- resume ------------------------------------------------------------------------------
-    def resume_checkpoint(self, resume_file) -> None:
+    def resume_checkpoint(self, resume_file, checkpoint=None) -> None:
+        """Continue from ``resume_file``; ``checkpoint``: its contents when the caller already read
+        them (``quick_start.run`` checks its config and data first), so the file is read once."""
         resume_file = str(resume_file)
-        checkpoint = read_checkpoint(resume_file, self.device)
+        if checkpoint is None:
+            checkpoint = read_checkpoint(resume_file, self.device)
         check_checkpoint_model(checkpoint, self.config["model"], resume_file)
         try:
             load_model_state(self.model, checkpoint, resume_file, self.config["llama_path"],
