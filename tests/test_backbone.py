@@ -11,8 +11,8 @@ from recbole_etegrec.model.backbone import build_llama, run_backbone
 from recbole_etegrec.trainer.optim import build_adamw
 from tests.conftest import TINY_LLAMA
 
-BASE = {"precision": "fp32", "llama_config": None, "lora": False, "gradient_checkpointing": False,
-        "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+BASE = {"precision": "fp32", "llama_path": None, "llama_config": None, "lora": False, "gradient_checkpointing": False,
+        "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "dropout_rate": 0.0,
         "lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 
 
@@ -23,6 +23,33 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     LlamaModel(LlamaConfig(vocab_size=8, **TINY_LLAMA)).save_pretrained(path)
     return str(path)
+
+
+def test_dropout_acts_in_training_only_and_at_every_layer_output():
+    """dropout_rate reaches the attention probabilities and each layer's attention and MLP outputs
+    while training; evaluation (beam search, scoring) is deterministic and equals the no-dropout model."""
+    torch.manual_seed(0)
+    plain = build_llama({**BASE, "llama_config": dict(TINY_LLAMA)})
+    torch.manual_seed(0)
+    dropped = build_llama({**BASE, "llama_config": dict(TINY_LLAMA), "dropout_rate": 0.3})
+    assert all(layer.self_attn.attention_dropout == 0.3 for layer in dropped.layers)
+    embeds = torch.randn(2, 5, TINY_LLAMA["hidden_size"])
+    mask, positions = torch.ones(2, 5, dtype=torch.long), torch.arange(5).expand(2, 5)
+
+    def out(model):
+        return run_backbone(model, embeds, mask, positions)[0]
+
+    dropped.eval(), plain.eval()
+    torch.testing.assert_close(out(dropped), out(plain))
+    dropped.train(), plain.train()
+    assert not torch.allclose(out(dropped), out(dropped))
+    torch.testing.assert_close(out(plain), out(plain))  # rate 0: no hook, no randomness
+    calls = []
+    for layer in dropped.layers:  # every attention and MLP output passes the hook
+        for module in (layer.self_attn, layer.mlp):
+            module.register_forward_hook(lambda *a: calls.append(1))
+    out(dropped)
+    assert len(calls) == 2 * len(dropped.layers)
 
 
 def test_missing_llama_path_is_a_clear_error(tmp_path):

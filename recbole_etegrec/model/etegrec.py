@@ -66,6 +66,7 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
         self.codebooks = nn.ModuleList(nn.Embedding(self.code_num, self.e_dim) for _ in range(self.levels))
         self.suffix_embedding = nn.Embedding(self.code_num, self.e_dim)
         self.scid_projector = mlp([self.e_dim, hidden, hidden], 0.0)
+        self.input_dropout = nn.Dropout(config["dropout_rate"])  # the backbone's own: build_llama
         self.output_projector = mlp([hidden, hidden, self.e_dim], 0.0)
         self.enc_adapter = mlp([hidden, hidden, self.e_dim], 0.0)  # -> RQ-VAE latent space (SIA)
         self.dec_adapter = mlp([hidden, hidden, self.item_emb.shape[1]], 0.0)  # -> item space (PSA)
@@ -136,11 +137,12 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
 
     # -- forward -----------------------------------------------------------------------------
     def embed_codes(self, codes, levels) -> torch.Tensor:
-        """SoftEmbedding: code -> its level's codebook vector -> scid_projector. -1 = padding."""
+        """SoftEmbedding: code -> its level's codebook vector -> scid_projector (-> dropout while
+        training). -1 = padding."""
         tables = torch.cat([cb.weight for cb in self.codebooks] + [self.suffix_embedding.weight])
         index = levels * self.code_num + codes.clamp(min=0)
         vectors = F.embedding(index, tables) * (codes >= 0).unsqueeze(-1)
-        return self.scid_projector(vectors).to(self.backbone_dtype)
+        return self.input_dropout(self.scid_projector(vectors)).to(self.backbone_dtype)
 
     def code_logits(self, hidden, level) -> torch.Tensor:
         """Weight tying: output_projector(h) . codebook_level^T (suffix level: suffix table)."""
@@ -212,8 +214,16 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
 
     @torch.no_grad()
     def frozen_states(self, interaction) -> torch.Tensor:
-        """Tokenizer epochs: the states at every supervised boundary; the recommender is frozen."""
-        return self.boundary_states(self.forward(interaction), interaction)[0]
+        """Tokenizer epochs: the states at every supervised boundary; the recommender is frozen, and
+        runs without dropout, so the tokenizer aligns to the states the recommender ranks with."""
+        modules = [m for m in (self.backbone, self.input_dropout) if m.training]
+        for module in modules:
+            module.eval()
+        try:
+            return self.boundary_states(self.forward(interaction), interaction)[0]
+        finally:
+            for module in modules:
+                module.train()
 
     def sia_loss(self, states, target_logits) -> torch.Tensor:
         """SIA: the sequence's code distributions (its state through ``enc_adapter`` and the
