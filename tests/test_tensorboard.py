@@ -72,6 +72,9 @@ def test_loss_terms_health_and_valid_metrics_are_written(events, tiny_config_dic
     # health: once for the pretrained tokenizer (step -1), once after each tokenizer epoch (0, 2)
     assert [s for s, _ in events["ETEGRec/tokenizer_recon"]] == [-1, 0, 2]
     assert [s for s, _ in events["ETEGRec/tokenizer_epoch_undone"]] == [0, 2]
+    assert [s for s, _ in events["ETEGRec/items_recoded"]] == [0, 2]
+    for (_, undone), (_, recoded) in zip(events["ETEGRec/tokenizer_epoch_undone"], events["ETEGRec/items_recoded"]):
+        assert 0 <= recoded <= 1 and (recoded == 0 or not undone)  # an undone epoch re-codes nothing
     for lv in range(levels):  # the SIA/VQ probe runs after aligned tokenizer epochs only
         assert [s for s, _ in events[f"ETEGRec/sia_vq_grad_ratio_l{lv}"]] == [2]
     code_num = tiny_config_dict["code_num"]
@@ -130,6 +133,15 @@ def test_tokenizer_health_is_pure_and_consistent():
     assert all(abs(h - math.log(4)) < 1e-5 for h in health["entropy"])
     assert health["recon"] >= 0 and "tokenizer health" in format_health(health)
 
+
+def test_items_recoded_counts_items_with_any_code_moved():
+    from recbole_etegrec.trainer.health import codes_changed
+
+    old = torch.tensor([[-1, -1], [0, 1], [2, 3], [4, 5]])  # row 0: padding, never counted
+    new = torch.tensor([[7, 7], [0, 1], [2, 0], [5, 5]])
+    assert codes_changed(old, new) == pytest.approx(2 / 3) and codes_changed(old, old) == 0.0
+    assert "items re-coded 0.6667" in format_health({"recon": 0.1, "collision_rate": 0.0, "utilization": [1.0],
+                                                     "entropy": [0.5], "codes_changed": 2 / 3})
 
 
 def test_a_real_offline_wandb_run_holds_etegrec_terms(tiny_config_dict, tmp_path, monkeypatch):

@@ -33,7 +33,8 @@ get, per epoch, the mean batch value of each loss term (``ETEGRec/rec_code_loss`
 (``valid/<metric>``; W&B has them from RecBole) and, at the start of ``fit`` (step ``start_epoch - 1``) and after every
 tokenizer epoch, the tokenizer health (``trainer/health.py``: ``ETEGRec/tokenizer_recon``,
 ``ETEGRec/collision_rate``, ``ETEGRec/utilization_l<level>``, ``ETEGRec/entropy_l<level>``, the
-last being the per-level entropy of the SIA code distributions, also logged as text).
+last being the per-level entropy of the SIA code distributions, also logged as text) and, after
+a tokenizer epoch, ``ETEGRec/items_recoded``: the share of items it moved to another code tuple.
 """
 import copy
 import os
@@ -46,7 +47,8 @@ from recbole_etegrec import distributed
 from recbole_etegrec.errors import EtegrecError
 from recbole_etegrec.trainer.checkpoint import ResumableTrainerMixin
 from recbole_etegrec.trainer.code_table_sync import CodeTableTrainerMixin
-from recbole_etegrec.trainer.health import format_health, guard_verdict, sia_gradient_ratio, tokenizer_health
+from recbole_etegrec.trainer.health import (codes_changed, format_health, guard_verdict, sia_gradient_ratio,
+                                            tokenizer_health)
 from recbole_etegrec.trainer.optim import StepSchedule, build_adamw, lr_factor, warmup_steps_of
 
 
@@ -224,11 +226,13 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
                 if self.guard == (None, None):
                     raise
                 health["undone"] = str(err).split(":")[0]
+        state, optimizer_state = before
         if health["undone"]:
-            state, optimizer_state = before
             model.restore_tokenizer(state)
             self.id_optimizer.load_state_dict(optimizer_state)
+            health["codes_changed"] = 0.0
         else:
+            health["codes_changed"] = codes_changed(state["code_table"].codes, table.codes)
             model.sync_codebooks("to_rec")
             self.logger.info(f"re-tokenized items: collision rate {table.collision_rate():.4f}, "
                              f"max suffix {table.max_suffix}")
@@ -288,6 +292,8 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
             values.update({f"ETEGRec/utilization_l{level}": util, f"ETEGRec/entropy_l{level}": ent})
         for level, ratio in enumerate(health.get("sia_vq_grad_ratio") or ()):
             values[f"ETEGRec/sia_vq_grad_ratio_l{level}"] = ratio
+        if "codes_changed" in health:
+            values["ETEGRec/items_recoded"] = health["codes_changed"]
         if "undone" in health:
             values["ETEGRec/tokenizer_epoch_undone"] = float(bool(health["undone"]))
         self._scalars(values, step)
