@@ -47,8 +47,13 @@ from recbole_etegrec import distributed
 from recbole_etegrec.errors import EtegrecError
 from recbole_etegrec.trainer.checkpoint import ResumableTrainerMixin
 from recbole_etegrec.trainer.code_table_sync import CodeTableTrainerMixin
-from recbole_etegrec.trainer.health import (codes_changed, format_health, guard_verdict, sia_gradient_ratio,
-                                            tokenizer_health)
+from recbole_etegrec.trainer.health import (
+    codes_changed,
+    format_health,
+    guard_verdict,
+    sia_gradient_ratio,
+    tokenizer_health,
+)
 from recbole_etegrec.trainer.optim import StepSchedule, build_adamw, lr_factor, warmup_steps_of
 
 

@@ -10,9 +10,9 @@ mode without gradients and returns
   ``softmax(quant.logits[level])`` (0 = hard assignments, ``log(code_num)`` = uniform).
 
 ``codes_changed(old, new)`` is the share of items a tokenizer epoch moved to another code tuple
-(what the recommender must re-learn); ``sia_gradient_ratio(model, interaction)`` probes, on one training batch, how hard SIA pulls the
-codebooks compared with the quantization loss; ``guard_verdict`` is the rule that undoes a
-tokenizer epoch (``ETEGRecTrainer``).
+(what the recommender must re-learn); ``sia_gradient_ratio(model, interaction)`` probes, on one
+training batch, how hard SIA pulls the codebooks compared with the quantization loss;
+``guard_verdict`` is the rule that undoes a tokenizer epoch (``ETEGRecTrainer``).
 """
 from typing import List, Optional
 
