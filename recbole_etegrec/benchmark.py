@@ -68,6 +68,8 @@ def health_line(health) -> dict:
     line = {"epoch": health["epoch"], "collision_rate": round(health["collision_rate"], 4),
             "utilization": [round(u, 3) for u in health["utilization"]],
             "entropy": [round(h, 3) for h in health["entropy"]]}
+    if "codes_changed" in health:
+        line["items_recoded"] = round(health["codes_changed"], 4)
     if health.get("sia_vq_grad_ratio"):
         line["sia_vq_grad_ratio"] = [float(f"{r:.3g}") for r in health["sia_vq_grad_ratio"]]
     if health.get("undone"):
@@ -425,21 +427,28 @@ def read_per_user(path) -> dict:
     return per_user
 
 
+def code_version(root, out_dir) -> str:
+    """The checkout's short commit, marked when a tracked file differs from it; the benchmark
+    folder's own earlier outputs (rows merged model by model) are not code changes."""
+    try:
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        own = os.path.relpath(os.path.abspath(out_dir), root)
+        paths = ["--", ".", f":(exclude){own}"] if not own.startswith("..") else []
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no", *paths],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return commit + (" (with uncommitted changes)" if dirty else "")
+
+
 def write_provenance(out_dir, dataset, budget, config_files, config_dict, cmd_args, models=None) -> dict:
     """``DIR/run.yaml``: the exact command, code version and budget behind the tables; ``models``
     (the entries of rows kept from earlier runs) is written at once, so they survive a crash."""
-    try:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        commit += " (with uncommitted changes)" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown (not a git checkout)"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     info = {
         "command": command_line(),
-        "dataset": dataset, "commit": commit, "started": time.strftime(TIME_FORMAT),
+        "dataset": dataset, "commit": code_version(root, out_dir), "started": time.strftime(TIME_FORMAT),
         "cpu_cores": os.cpu_count(), "config_files": config_files, "config_dict": config_dict,
         "cmd_args": cmd_args, "budget": budget,
     }

@@ -49,6 +49,7 @@ def test_benchmark_command_writes_table_csv_and_plot(tiny_config_dict, tmp_path)
     # ETEGRec's tokenizer health: the start (epoch -1) and its one tokenizer epoch (epoch 0)
     health = run["models"]["ETEGRec"]["tokenizer_health"]
     assert [h["epoch"] for h in health] == [-1, 0] and len(health[1]["utilization"]) == 3
+    assert "items_recoded" not in health[0] and 0 <= health[1]["items_recoded"] <= 1
     assert "tokenizer_health" not in run["models"]["SASRec"]
     curve = list(csv.DictReader(open(out_dir / "valid_curve.csv")))
     assert {r["model"] for r in curve} == {"SASRec", "TIGER", "ETEGRec"}
@@ -220,3 +221,27 @@ def test_a_folder_that_cannot_be_merged_is_one_clear_error(tmp_path, monkeypatch
     (out / "run.yaml").unlink()
     with pytest.raises(EtegrecError, match="holds results.csv but no run.yaml"):
         benchmark.run_models(["B"], "ml-100k", benchmark_dir=str(out))
+
+
+def test_run_yaml_commit_ignores_the_folders_own_outputs(tmp_path):
+    """A checkout is marked changed by its tracked files, except the benchmark folder's own earlier
+    results (a model-by-model run rewrites them before its next row)."""
+    from recbole_etegrec.benchmark import code_version
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "benchmarks" / "Data").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "Data" / "results.md").write_text("old\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    out = tmp_path / "benchmarks" / "Data"
+    assert "uncommitted" not in code_version(str(tmp_path), str(out))
+    (out / "results.md").write_text("new row\n")
+    assert "uncommitted" not in code_version(str(tmp_path), str(out))
+    assert "uncommitted" in code_version(str(tmp_path), str(tmp_path / "benchmarks" / "Other"))
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert code_version(str(tmp_path), str(out)).endswith("(with uncommitted changes)")
+    assert code_version(str(tmp_path / "nowhere"), str(out)) == "unknown (not a git checkout)"
