@@ -428,13 +428,15 @@ def read_per_user(path) -> dict:
 
 
 def code_version(root, out_dir) -> str:
-    """The checkout's short commit, marked when a tracked file differs from it; the benchmark
-    folder's own earlier outputs (rows merged model by model) are not code changes."""
+    """The checkout's short commit, marked when a tracked file differs from it. Benchmark results
+    (this folder's earlier rows, merged model by model, and every ``benchmarks/<folder>/``) are not
+    code changes; the measurement scripts in ``benchmarks/`` are."""
     try:
         commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, check=True).stdout.strip()
         own = os.path.relpath(os.path.abspath(out_dir), root)
-        paths = ["--", ".", f":(exclude){own}"] if not own.startswith("..") else []
+        results = [":(exclude,glob)benchmarks/*/**"] + ([f":(exclude){own}"] if not own.startswith("..") else [])
+        paths = ["--", ".", *results]
         dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no", *paths],
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):

@@ -224,8 +224,8 @@ def test_a_folder_that_cannot_be_merged_is_one_clear_error(tmp_path, monkeypatch
 
 
 def test_run_yaml_commit_ignores_the_folders_own_outputs(tmp_path):
-    """A checkout is marked changed by its tracked files, except the benchmark folder's own earlier
-    results (a model-by-model run rewrites them before its next row)."""
+    """A checkout is marked changed by its tracked files, except benchmark results (a model-by-model
+    run rewrites its folder before its next row; another folder's rows are not code either)."""
     from recbole_etegrec.benchmark import code_version
 
     def git(*args):
@@ -241,7 +241,13 @@ def test_run_yaml_commit_ignores_the_folders_own_outputs(tmp_path):
     assert "uncommitted" not in code_version(str(tmp_path), str(out))
     (out / "results.md").write_text("new row\n")
     assert "uncommitted" not in code_version(str(tmp_path), str(out))
-    assert "uncommitted" in code_version(str(tmp_path), str(tmp_path / "benchmarks" / "Other"))
+    assert "uncommitted" not in code_version(str(tmp_path), str(tmp_path / "benchmarks" / "Other"))
+    (tmp_path / "results").mkdir()  # a folder outside benchmarks/: its own outputs only
+    assert "uncommitted" not in code_version(str(tmp_path), str(tmp_path / "results"))
+    (tmp_path / "benchmarks" / "speed.py").write_text("y = 1\n")
+    git("add", "benchmarks/speed.py")  # a measurement script is code
+    assert "uncommitted" in code_version(str(tmp_path), str(out))
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "y")
     (tmp_path / "code.py").write_text("x = 2\n")
     assert code_version(str(tmp_path), str(out)).endswith("(with uncommitted changes)")
     assert code_version(str(tmp_path / "nowhere"), str(out)) == "unknown (not a git checkout)"
