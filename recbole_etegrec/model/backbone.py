@@ -76,7 +76,7 @@ def build_llama(config) -> torch.nn.Module:
         cfg._attn_implementation = "sdpa"
         model = LlamaModel(cfg).to(dtype)
     model.embed_tokens.weight.requires_grad_(False)
-    add_dropout(model, config["dropout_rate"])
+    add_dropout(model, config["dropout_rate"] or 0.0)  # None: a checkpoint from before the key
     if config["lora"]:
         from peft import get_peft_model
 

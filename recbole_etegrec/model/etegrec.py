@@ -66,7 +66,8 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
         self.codebooks = nn.ModuleList(nn.Embedding(self.code_num, self.e_dim) for _ in range(self.levels))
         self.suffix_embedding = nn.Embedding(self.code_num, self.e_dim)
         self.scid_projector = mlp([self.e_dim, hidden, hidden], 0.0)
-        self.input_dropout = nn.Dropout(config["dropout_rate"])  # the backbone's own: build_llama
+        # the backbone's own: build_llama; checkpoints from before the key trained without dropout
+        self.input_dropout = nn.Dropout(config["dropout_rate"] or 0.0)
         self.output_projector = mlp([hidden, hidden, self.e_dim], 0.0)
         self.enc_adapter = mlp([hidden, hidden, self.e_dim], 0.0)  # -> RQ-VAE latent space (SIA)
         self.dec_adapter = mlp([hidden, hidden, self.item_emb.shape[1]], 0.0)  # -> item space (PSA)
