@@ -68,8 +68,8 @@ def health_line(health) -> dict:
     line = {"epoch": health["epoch"], "collision_rate": round(health["collision_rate"], 4),
             "utilization": [round(u, 3) for u in health["utilization"]],
             "entropy": [round(h, 3) for h in health["entropy"]]}
-    if "codes_changed" in health:
-        line["items_recoded"] = round(health["codes_changed"], 4)
+    if "items_recoded" in health:
+        line["items_recoded"] = round(health["items_recoded"], 4)
     if health.get("sia_vq_grad_ratio"):
         line["sia_vq_grad_ratio"] = [float(f"{r:.3g}") for r in health["sia_vq_grad_ratio"]]
     if health.get("undone"):

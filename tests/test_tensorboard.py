@@ -135,13 +135,13 @@ def test_tokenizer_health_is_pure_and_consistent():
 
 
 def test_items_recoded_counts_items_with_any_code_moved():
-    from recbole_etegrec.trainer.health import codes_changed
+    from recbole_etegrec.trainer.health import items_recoded
 
     old = torch.tensor([[-1, -1], [0, 1], [2, 3], [4, 5]])  # row 0: padding, never counted
     new = torch.tensor([[7, 7], [0, 1], [2, 0], [5, 5]])
-    assert codes_changed(old, new) == pytest.approx(2 / 3) and codes_changed(old, old) == 0.0
+    assert items_recoded(old, new) == pytest.approx(2 / 3) and items_recoded(old, old) == 0.0
     assert "items re-coded 0.6667" in format_health({"recon": 0.1, "collision_rate": 0.0, "utilization": [1.0],
-                                                     "entropy": [0.5], "codes_changed": 2 / 3})
+                                                     "entropy": [0.5], "items_recoded": 2 / 3})
 
 
 def test_a_real_offline_wandb_run_holds_etegrec_terms(tiny_config_dict, tmp_path, monkeypatch):

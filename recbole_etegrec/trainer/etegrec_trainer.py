@@ -48,9 +48,9 @@ from recbole_etegrec.errors import EtegrecError
 from recbole_etegrec.trainer.checkpoint import ResumableTrainerMixin
 from recbole_etegrec.trainer.code_table_sync import CodeTableTrainerMixin
 from recbole_etegrec.trainer.health import (
-    codes_changed,
     format_health,
     guard_verdict,
+    items_recoded,
     sia_gradient_ratio,
     tokenizer_health,
 )
@@ -235,9 +235,9 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
         if health["undone"]:
             model.restore_tokenizer(state)
             self.id_optimizer.load_state_dict(optimizer_state)
-            health["codes_changed"] = 0.0
+            health["items_recoded"] = 0.0
         else:
-            health["codes_changed"] = codes_changed(state["code_table"].codes, table.codes)
+            health["items_recoded"] = items_recoded(state["code_table"].codes, table.codes)
             model.sync_codebooks("to_rec")
             self.logger.info(f"re-tokenized items: collision rate {table.collision_rate():.4f}, "
                              f"max suffix {table.max_suffix}")
@@ -297,8 +297,8 @@ class ETEGRecTrainer(ResumableTrainerMixin, CodeTableTrainerMixin, Trainer):
             values.update({f"ETEGRec/utilization_l{level}": util, f"ETEGRec/entropy_l{level}": ent})
         for level, ratio in enumerate(health.get("sia_vq_grad_ratio") or ()):
             values[f"ETEGRec/sia_vq_grad_ratio_l{level}"] = ratio
-        if "codes_changed" in health:
-            values["ETEGRec/items_recoded"] = health["codes_changed"]
+        if "items_recoded" in health:
+            values["ETEGRec/items_recoded"] = health["items_recoded"]
         if "undone" in health:
             values["ETEGRec/tokenizer_epoch_undone"] = float(bool(health["undone"]))
         self._scalars(values, step)

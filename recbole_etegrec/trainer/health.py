@@ -9,7 +9,7 @@ mode without gradients and returns
 * ``entropy``: per level, the mean entropy (nats) of the items' code distributions
   ``softmax(quant.logits[level])`` (0 = hard assignments, ``log(code_num)`` = uniform).
 
-``codes_changed(old, new)`` is the share of items a tokenizer epoch moved to another code tuple
+``items_recoded(old, new)`` is the share of items a tokenizer epoch moved to another code tuple
 (what the recommender must re-learn); ``sia_gradient_ratio(model, interaction)`` probes, on one
 training batch, how hard SIA pulls the codebooks compared with the quantization loss;
 ``guard_verdict`` is the rule that undoes a tokenizer epoch (``ETEGRecTrainer``).
@@ -49,7 +49,7 @@ def tokenizer_health(model, batch_size=4096) -> dict:
     }
 
 
-def codes_changed(old, new) -> float:
+def items_recoded(old, new) -> float:
     """Share of real items (row 0 is padding) whose code tuple, suffix included, differs between two
     code tables [n_items, code_length]: the items whose generated codes a tokenizer epoch moved."""
     if len(old) <= 1:
@@ -63,8 +63,8 @@ def format_health(health) -> str:
     ent = ", ".join(f"{h:.3f}" for h in health["entropy"])
     line = (f"tokenizer health: recon MSE {health['recon']:.4g}, collision rate {health['collision_rate']:.4f}, "
             f"utilization per level [{util}], code entropy per level [{ent}] nats")
-    if "codes_changed" in health:
-        line += f", items re-coded {health['codes_changed']:.4f}"
+    if "items_recoded" in health:
+        line += f", items re-coded {health['items_recoded']:.4f}"
     if health.get("sia_vq_grad_ratio"):
         line += ", SIA/VQ gradient ratio per level [" + ", ".join(
             f"{r:.3g}" for r in health["sia_vq_grad_ratio"]) + "]"
