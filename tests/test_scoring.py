@@ -78,3 +78,20 @@ def test_sampled_evaluation_end_to_end(name, tiny_config_dict):
     assert set(test) == {f"{m}@{k}" for m in ("hit", "mrr", "ndcg") for k in (5, 10)}
     assert all(0.0 <= v <= 1.0 and not math.isnan(v) for v in test.values())
     assert test["hit@5"] <= test["hit@10"] and test["mrr@10"] <= test["hit@10"]
+
+
+def test_sampled_loader_batches_count_users(tiny_config_dict):
+    """Under uni100 the code models' ``eval_batch_size`` counts users, as in full ranking: each batch
+    holds that many users with all their 101 rows (RecBole's count of rows would give 64 // 101 = 1)."""
+    uni100 = {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "uni100"}
+    config, (_, _, test) = build("ETEGRec", {**tiny_config_dict, "eval_batch_size": 16, "eval_args": uni100})
+    users, batches = [], 0
+    for interaction, _, _, _ in test:
+        batch_users = torch.unique(interaction["user_id"])
+        assert len(batch_users) <= 16 and len(interaction) == 101 * len(batch_users)
+        users.append(batch_users)
+        batches += 1
+    users = torch.cat(users)
+    tested = torch.unique(test._dataset.inter_feat["user_id"])
+    assert len(users) == len(torch.unique(users)) == len(tested)  # every tested user once
+    assert batches == math.ceil(len(tested) / 16)

@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, Tuple
 
 from recbole.data import create_dataset as recbole_create_dataset
 from recbole.data import data_preparation as recbole_data_preparation
-from recbole.data.utils import create_samplers, get_dataloader
+from recbole.data.utils import create_samplers
 
 from recbole_etegrec.data.checks import check_inter_file
 from recbole_etegrec.data.dataloader import (
     CodeSeqFullSortEvalDataLoader,
     CodeSeqTrainDataLoader,
     CodeTableSlot,
+    UserBatchNegSampleEvalDataLoader,
 )
 from recbole_etegrec.data.identity import align_to_checkpoint, warn_if_other_interactions
 from recbole_etegrec.errors import EtegrecError
@@ -105,8 +106,9 @@ def check_split(dataset, users, train, valid, test) -> Tuple[
 
 def eval_loader(config, phase, dataset, sampler, slot) -> "AbstractDataLoader":
     """Full ranking: code sequences for the beam search. Sampled modes (``uni100``, ``pop100``, ...):
-    RecBole's own loader of (history, candidate) rows, which the model scores with ``predict``
-    (the likelihood of each candidate's codes, read from the model's current code table)."""
+    RecBole's loader of (history, candidate) rows, ``eval_batch_size`` users a batch, which the
+    model scores with ``predict`` (the likelihood of each candidate's codes, read from the model's
+    current code table)."""
     if config["eval_args"]["mode"][phase] == "full":
         return CodeSeqFullSortEvalDataLoader(config, dataset, sampler, shuffle=False, slot=slot)
-    return get_dataloader(config, phase)(config, dataset, sampler, shuffle=False)
+    return UserBatchNegSampleEvalDataLoader(config, dataset, sampler, shuffle=False)

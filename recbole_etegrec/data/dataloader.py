@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Tuple
 
 import numpy as np
 import torch
-from recbole.data.dataloader import FullSortEvalDataLoader, TrainDataLoader
+from recbole.data.dataloader import FullSortEvalDataLoader, NegSampleEvalDataLoader, TrainDataLoader
 
 if TYPE_CHECKING:
     from recbole.data.interaction import Interaction
@@ -214,3 +214,18 @@ class CodeSeqFullSortEvalDataLoader(_CodeSeqMixin, FullSortEvalDataLoader, _Leng
     def __init__(self, config, dataset, sampler, shuffle=False, slot=None):
         super().__init__(config, dataset, sampler, shuffle=shuffle)
         self._use_slot(config, slot)
+
+
+class UserBatchNegSampleEvalDataLoader(NegSampleEvalDataLoader):
+    """RecBole's sampled-evaluation loader (uni100, pop100, ...) with ``eval_batch_size`` counted in
+    users, as the code models' full ranking counts it, instead of (history, candidate) rows: RecBole
+    would hand ``predict`` 256 // 101 = 2 users a batch, and the code models' per-call cost (code
+    fields, one decoder pass per level) would dominate. ``predict`` splits a batch into decoder chunks."""
+
+    def _init_batch_size_and_step(self):
+        if self.neg_sample_args["distribution"] == "none" or self.neg_sample_args["sample_num"] == "none":
+            return super()._init_batch_size_and_step()
+        rows = sorted(self.uid2items_num[self.uid_list] * self.times, reverse=True)
+        self.step = max(1, min(self.config["eval_batch_size"], len(rows)))
+        self.set_batch_size(int(sum(rows[:self.step])))  # rows of the largest batch
+

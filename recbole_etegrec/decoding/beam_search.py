@@ -7,8 +7,9 @@ A decoder is two callables (ETEGRec's LLaMA and TIGER's T5 both provide them):
 
 ``parents`` [B*K] says which row of the previous state each beam extends (the decoder reorders
 or expands its KV cache with it: at the first step it expands B rows to B*K); ``codes`` [B*K] are
-the codes just chosen, to be fed as the next input. Only one new token per beam goes through the
-model per step; the history is never re-run.
+the codes just chosen, to be fed as the next input. ``parents=None`` keeps the rows as they are
+(the likelihood path, ``scoring.py``: no copy of the cache). Only one new token per beam goes through
+the model per step; the history is never re-run.
 
 Every step masks codes that lead to no real item (``CodeTable.allowed_next``), so all finished
 beams are items: unlike unconstrained decoding, no top-k slot is wasted on an invalid ID.

@@ -19,6 +19,7 @@ def code_scores(start, step, codes, parents) -> torch.Tensor:
     rows = torch.arange(codes.shape[0], device=codes.device)
     scores = log_probs.float()[parents, codes[:, 0]]
     for level in range(1, codes.shape[1]):
-        log_probs, state = step(state, parents if level == 1 else rows, codes[:, level - 1], level)
+        # rows keep their order after the expansion: None spares the decoder a copy of its cache
+        log_probs, state = step(state, parents if level == 1 else None, codes[:, level - 1], level)
         scores = scores + log_probs.float()[rows, codes[:, level]]
     return scores

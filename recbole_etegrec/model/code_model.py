@@ -64,7 +64,8 @@ class CodeSequenceMixin:
         Candidates go through the decoder ``chunk_size * num_beams`` at a time, the rows one beam
         search batch holds, each chunk with the histories it needs."""
         device = items.device
-        order = torch.argsort(parents, stable=True)  # a history's candidates are contiguous
+        # a history's candidates contiguous, histories by length: a chunk pads to its longest history
+        order = torch.argsort(item_seq_len[parents] * item_seq.shape[0] + parents, stable=True)
         scores = torch.empty(items.shape[0], dtype=torch.float, device=device)
         table = self.code_table.codes.to(device)
         cap = max(1, self.chunk_size * self.num_beams)

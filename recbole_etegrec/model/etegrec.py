@@ -280,8 +280,9 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
 
         def step(state, parents, new_codes, level):
             cache, mask, next_pos = state
-            cache.reorder_cache(parents)
-            mask, next_pos = mask[parents], next_pos[parents]
+            if parents is not None:  # None: the rows stay (beam_search.py)
+                cache.reorder_cache(parents)
+                mask, next_pos = mask[parents], next_pos[parents]
             levels = torch.full_like(new_codes, level - 1)
             embeds = self.embed_codes(new_codes, levels).unsqueeze(1)
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
@@ -300,8 +301,10 @@ class ETEGRec(CodeSequenceMixin, SequentialRecommender):
 
         def step(state, parents, new_codes, level):
             seq, mask = state
-            seq = torch.cat([seq[parents], new_codes.unsqueeze(1)], dim=1)
-            mask = torch.cat([mask[parents], mask.new_ones(len(parents), 1)], dim=1)
+            if parents is not None:
+                seq, mask = seq[parents], mask[parents]
+            seq = torch.cat([seq, new_codes.unsqueeze(1)], dim=1)
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
             hidden = self.encode(seq, mask)
             return F.log_softmax(self.code_logits(hidden[:, -1], level), -1), (seq, mask)
 

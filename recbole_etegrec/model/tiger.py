@@ -127,8 +127,9 @@ class TIGER(CodeSequenceMixin, SequentialRecommender):
 
         def step(state, parents, new_codes, level):
             cache, enc_k, mask_k = state
-            cache.reorder_cache(parents)  # B -> B*K rows at the first step, then beam reordering
-            enc_k, mask_k = enc_k[parents], mask_k[parents]
+            if parents is not None:  # None: the rows stay (beam_search.py)
+                cache.reorder_cache(parents)  # B -> B*K rows at the first step, then beam reordering
+                enc_k, mask_k = enc_k[parents], mask_k[parents]
             logits, cache = self._decode(enc_k, mask_k, self._code_tokens(new_codes, level - 1),
                                          cache=cache, use_cache=True)
             return self._log_probs(logits, level), (cache, enc_k, mask_k)
@@ -144,8 +145,9 @@ class TIGER(CodeSequenceMixin, SequentialRecommender):
 
         def step(state, parents, new_codes, level):
             ids, enc_k, mask_k = state
-            ids = torch.cat([ids[parents], self._code_tokens(new_codes, level - 1)], dim=1)
-            enc_k, mask_k = enc_k[parents], mask_k[parents]
+            if parents is not None:
+                ids, enc_k, mask_k = ids[parents], enc_k[parents], mask_k[parents]
+            ids = torch.cat([ids, self._code_tokens(new_codes, level - 1)], dim=1)
             logits, _ = self._decode(enc_k, mask_k, ids)
             return self._log_probs(logits, level), (ids, enc_k, mask_k)
 
